@@ -1,0 +1,1 @@
+"""Device models: each a self-contained module behind devices.base."""

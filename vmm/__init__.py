@@ -1,0 +1,1 @@
+"""xomb-vmm: a Python KVM hypervisor for the XOmB exokernel."""

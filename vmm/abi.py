@@ -1,0 +1,330 @@
+"""The guest/host ABI: the one source of truth.
+
+Everything the VMM, the kernel (assembly) and the libOS (C) must agree on lives
+here: physical and virtual memory layout, syscall numbers, error codes, upcall
+numbers, the activation-frame layout, the boot-information page, the frame
+table, and the console ring.  `python -m vmm.abi` (and the build) generate
+
+    build/gen/xomb_abi.h    for the libOS   (#define XOMB_...)
+    build/gen/abi.inc       for the kernel  (.equ ...)
+
+so the three can never disagree.  tests/test_abi.py checks the generated files
+match this module.
+
+Read docs/SYSCALLS.md and docs/ARCHITECTURE.md for what the numbers mean.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+PAGE = 4096
+ABI_VERSION = 1
+
+# --------------------------------------------------------------------------
+# Physical memory layout (guest-physical addresses).
+# --------------------------------------------------------------------------
+KERNEL_PHYS = 0x100000          # kernel image (flat binary) is loaded here
+KERNEL_MAX = 0x100000           # at most 1 MiB including bss
+BOOTINFO_PHYS = 0x200000        # boot-information page (read-only to init)
+KTABLES_PHYS = 0x201000         # kernel page tables built by the VMM
+FRAMES_PHYS = 0x400000          # the frame table: one u64 per frame
+MIN_RAM = 16 << 20
+MAX_RAM = 2 << 30               # the kernel reaches RAM through KBASE+phys (top 2 GiB)
+
+# Device register pages sit directly above RAM, so the frame table (and the
+# root's window) cover them like any other frame: devices are memory too.
+DEV_CONSOLE_DOORBELL = 0        # index of the page in the device area
+DEV_PLATFORM = 1                # exit register, boot timer
+DEV_PAGES = 16                  # reserved device pages (later issues add NIC/disk)
+
+# --------------------------------------------------------------------------
+# Virtual layout.
+# --------------------------------------------------------------------------
+USER_TOP = 0x0000_8000_0000_0000        # first non-canonical user address
+KBASE = 0xFFFF_FFFF_8000_0000           # kernel view: KBASE + phys, phys < 2 GiB
+KERNEL_VIRT = KBASE + KERNEL_PHYS
+PML4_USERWIN = 384                      # user-readable kernel window
+USERWIN_VA = 0xFFFF_C000_0000_0000
+GATE_VA = USERWIN_VA                    # PVM syscall trap gate (int3), R+X, user
+FRAMES_VA = USERWIN_VA + 0x20_0000      # frame table, read-only to user
+PML4_INFO = 256                         # non-present PML4 slot: AS entry point << 1
+PML4_HANDLE0 = 256                      # handle h lives in PML4[256 + h], h >= 1
+MAX_HANDLES = 128                       # handles 1..127 (1 = parent)
+PML4_SELF = 510                         # recursive self-map (read-only, user)
+PML4_KERNEL = 511
+SELF_PT = 0xFFFF_FF00_0000_0000         # + (va >> 12) * 8 : level-1 entry of va
+SELF_PD = 0xFFFF_FF7F_8000_0000         # + (va >> 21) * 8
+SELF_PDPT = 0xFFFF_FF7F_BFC0_0000       # + (va >> 30) * 8
+SELF_PML4 = 0xFFFF_FF7F_BFDF_E000       # + (va >> 39) * 8
+
+# Fixed user addresses (the libOS convention the kernel relies on is UPCALL_VA).
+UPCALL_VA = 0x1000          # activation frame page (written by the kernel)
+ARGS_VA = 0x2000            # argv page given to a child by its parent
+BOOTINFO_VA = 0x3000        # boot info (init only, read-only)
+CONSOLE_OUT_VA = 0x4000     # console ring guest->host
+CONSOLE_IN_VA = 0x5000      # console ring host->guest
+CONSOLE_BELL_VA = 0x6000    # console doorbell (device page)
+PLATFORM_VA = 0x7000        # platform device page (init only)
+PROGRAM_VA = 0x40_0000      # programs are linked here
+INITRD_VA = 0x1000_0000     # boot archive of programs (init only, read-only)
+HEAP_VA = 0x4000_0000
+STACK_TOP = 0x8000_0000
+STACK_PAGES = 16
+SCRATCH_VA = 0x1_0000_0000  # loader scratch area
+POOL_VA = 0x40_0000_0000    # a process's spare frames (its own allocator)
+WINDOW_VA = 0x80_0000_0000  # root only: frame p is "at home" at WINDOW_VA + p*4096
+
+# --------------------------------------------------------------------------
+# Page-table entry bits.
+# --------------------------------------------------------------------------
+PTE_P = 1 << 0
+PTE_W = 1 << 1
+PTE_U = 1 << 2
+PTE_PWT = 1 << 3
+PTE_PCD = 1 << 4
+PTE_A = 1 << 5
+PTE_D = 1 << 6
+PTE_PS = 1 << 7
+PTE_G = 1 << 8
+PTE_SLOT = 1 << 9           # software bit: a (non-present) handle slot
+PTE_NX = 1 << 63
+PTE_ADDR = 0x000F_FFFF_FFFF_F000
+
+# --------------------------------------------------------------------------
+# Frame table: u64 per frame at FRAMES_PHYS (kernel) / FRAMES_VA (user, RO).
+#   bits 0..31  count: DATA = number of mappings; ROOT = pages the AS holds
+#   bits 32..39 type
+# --------------------------------------------------------------------------
+FT_KERNEL = 0               # never mappable (the default for zeroed entries)
+FT_DATA = 1
+FT_TABLE = 2                # a page-table page (levels 1..3)
+FT_ROOT = 3                 # a PML4: an address space
+FT_DEVICE = 4               # device register page (never zeroed)
+FT_TYPE_SHIFT = 32
+FT_COUNT_MASK = 0xFFFF_FFFF
+
+# --------------------------------------------------------------------------
+# System calls: rax = number, args rdi, rsi, rdx, r10, r8, r9.
+# Returns rax >= 0 on success, -error on failure; map/release also return in
+# rdx the number of pages done.  Clobbers rax rcx rdx rsi rdi r8-r11.
+# --------------------------------------------------------------------------
+SYSCALLS = {
+    "CREATE": 0,    # create(as, va, level, donor_va)          -> 0
+    "MAP": 1,       # map(dst_as, dst_va, src_as, src_va, n, flags) -> 0 (rdx = done)
+    "AS_CREATE": 2, # as_create(donor_va, entry, slot)          -> handle
+    "YIELD": 3,     # yield(as, upcall, arg0, arg1)             -> no return / -error
+    "RELEASE": 4,   # release(as, va, n)  (va=n=0, as=child: destroy) -> 0 (rdx = done)
+}
+NSYSCALLS = len(SYSCALLS)
+
+AS_SELF = 0
+AS_PARENT = 1
+
+MAP_W = 1 << 1              # same positions as PTE_W ...
+MAP_X = 1 << 2              # ... grant execute (absence -> NX)
+MAP_MOVE = 1 << 3           # move instead of share: source mapping removed
+MAP_FLAGS = MAP_W | MAP_X | MAP_MOVE
+MAP_MAX_PAGES = 1 << 20
+
+ERRORS = {                  # returned negated
+    "EINVAL": 1,    # malformed argument: alignment, range, unknown flag, level
+    "EBADH": 2,     # handle not held (or not allowed for this operation)
+    "ENOTHELD": 3,  # source / donor page is not mapped in the caller
+    "EPERM": 4,     # would amplify rights (write / execute not held)
+    "EEXIST": 5,    # destination already mapped / region or slot in use
+    "ENOTABLE": 6,  # no page table covers the destination (create a region)
+    "EBUSY": 7,     # donor frame is shared, or the AS is running elsewhere
+    "ETYPE": 8,     # frame of the wrong kind (device page as a table, ...)
+    "ERANGE": 9,    # count too large, or the range leaves user space
+}
+
+# --------------------------------------------------------------------------
+# Upcalls: entering a libOS.  At the entry point:
+#   rdi = upcall, rsi = arg0, rdx = arg1, r8 = root (phys) of the sender,
+#   rsp = 0, every other GPR = 0, rflags = 0x202.
+# Numbers below UP_USER_MIN come only from the kernel; yield refuses them.
+# --------------------------------------------------------------------------
+UPCALLS = {
+    "FAULT": 1,         # exception in this AS; frame at UPCALL_VA; arg0 = vector
+    "SYSCALL": 2,       # unknown syscall number; frame at UPCALL_VA; arg0 = rax
+    "CHILD_ERROR": 3,   # a child faulted with no handler; arg0 = vector, arg1 = rip/cr2
+    "START": 8,         # libOS protocol from here on: first entry
+    "EXIT": 9,          # child exits; arg0 = status
+    "RESUME": 10,       # CPU given back
+}
+UP_USER_MIN = 8
+VEC_SYSCALL = 256           # frame.vector for a reflected syscall
+
+# Activation frame at UPCALL_VA (u64 fields, in this order).
+FRAME_FIELDS = ["in_upcall", "vector", "error", "cr2", "rip", "rsp", "rflags",
+                "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+
+# --------------------------------------------------------------------------
+# Boot information page (BOOTINFO_PHYS, mapped read-only at BOOTINFO_VA).
+# --------------------------------------------------------------------------
+BOOTINFO_MAGIC = 0x584F4D42_494E464F   # "XOMBINFO"
+HOST_VMX = 0
+HOST_PVM = 1
+HOST_QEMU = 2                           # QEMU TCG, multiboot entry
+BOOTINFO_FIELDS = ["magic", "version", "host", "ram_bytes", "nframes",
+                   "dev_pfn", "root_phys", "lstar", "iomap_base",
+                   "initrd_size", "console_out_pfn", "console_in_pfn",
+                   "tsc_khz", "run_mode", "first_free_pfn", "reserved"]
+BOOTINFO_CMDLINE = 256                  # offset of a NUL-terminated command line
+CMDLINE_MAX = 1024
+
+# --------------------------------------------------------------------------
+# Console ring (one page each way).  u32 head (consumer), u32 tail (producer),
+# u32 waiting (consumer sleeps: producer must ring the doorbell).  Data at
+# RING_DATA, RING_SIZE bytes, indices free-running modulo 2**32.
+# --------------------------------------------------------------------------
+RING_HEAD = 0
+RING_TAIL = 4
+RING_WAITING = 8
+RING_DATA = 2048
+RING_SIZE = 2048
+
+# Platform device page (MMIO): write-only registers.
+PLAT_EXIT = 0           # u32 status: power off, VMM exits with it
+PLAT_BOOT_TIMER = 8     # any write: the guest reached its prompt (boot timer)
+
+# Ports (ring 0 on every host; ring 3 only under the QEMU platform).
+PANIC_PORT = 0x501      # kernel: out dx=PANIC_PORT, al=vector -> VMM dumps state
+COM1 = 0x3F8
+
+# Boot archive (initrd) at INITRD_VA: header then entries, then file data.
+INITRD_MAGIC = 0x44524E49424D4F58      # "XOMBINRD"
+INITRD_NAME = 32                        # entry: name[32], u64 offset, u64 size
+
+# Kernel page tables built by the VMM at KTABLES_PHYS (offsets of each page).
+KT_PDPT = KTABLES_PHYS + 0x0000     # PML4[511]: entries 510, 511 -> KT_PD0, KT_PD1
+KT_PD0 = KTABLES_PHYS + 0x1000      # phys 0..1 GiB, 2 MiB pages, supervisor, global
+KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB
+KT_UW_PDPT = KTABLES_PHYS + 0x3000  # PML4[384]: the user window (read-only, user)
+KT_UW_PD = KTABLES_PHYS + 0x4000    # entry 0 -> gate PT, entries 1.. -> frame-table PTs
+KT_GATE_PT = KTABLES_PHYS + 0x5000
+KT_GATE = KTABLES_PHYS + 0x6000     # the gate page: 4096 x int3
+KT_BOOT_PML4 = KTABLES_PHYS + 0x7000  # QEMU boot only: identity [0] + kernel [511]
+KT_BOOT_PDPT = KTABLES_PHYS + 0x8000  # identity PDPT: entry 0 -> KT_PD0
+KT_FT_PT = KTABLES_PHYS + 0x9000    # frame-table PTs follow
+
+# GDT (Linux layout: PVM requires user CS 0x33 from STAR).
+GDT_KCS = 0x10
+GDT_KDS = 0x18
+GDT_UCS32 = 0x23
+GDT_UDS = 0x2B
+GDT_UCS = 0x33
+GDT_TSS0 = 0x40                     # 16-byte TSS descriptor per CPU
+GDT_ENTRIES = 8 + 2 * 8
+STAR_VALUE = 0x0023_0010_0000_0000
+SFMASK_VALUE = 0x47700              # IF TF DF NT AC ... cleared on syscall entry
+USER_RFLAGS = 0x202
+
+# Kernel: per-CPU stacks.
+MAX_CPUS = 8
+KSTACK_SIZE = 0x4000
+
+
+def _items():
+    """Every constant as (NAME, value) for the generated files."""
+    out = []
+    g = globals()
+    for k in sorted(g):
+        v = g[k]
+        if k.isupper() and isinstance(v, int) and not k.startswith("_"):
+            out.append((k, v))
+    out += [(f"SYS_{k}", v) for k, v in SYSCALLS.items()]
+    out += [(k, v) for k, v in ERRORS.items()]
+    out += [(f"UP_{k}", v) for k, v in UPCALLS.items()]
+    out += [(f"FRAME_{f.upper()}", i * 8) for i, f in enumerate(FRAME_FIELDS)]
+    out.append(("FRAME_SIZE", len(FRAME_FIELDS) * 8))
+    out += [(f"BI_{f.upper()}", i * 8) for i, f in enumerate(BOOTINFO_FIELDS)]
+    # keystone 0.9.2 mis-adds two symbols in one operand ([A + B] -> garbage),
+    # so every absolute kernel address the assembly needs is one symbol here.
+    out += [("FRAMES_KVA", KBASE + FRAMES_PHYS), ("BOOTINFO_KVA", KBASE + BOOTINFO_PHYS),
+            ("KTABLES_KVA", KBASE + KTABLES_PHYS), ("GATE_RIP_AFTER", GATE_VA + 1)]
+    out += [(f"BI_{f.upper()}_KVA", KBASE + BOOTINFO_PHYS + i * 8)
+            for i, f in enumerate(BOOTINFO_FIELDS)]
+    return out
+
+
+def c_header() -> str:
+    lines = ["/* Generated from vmm/abi.py - do not edit. */",
+             "#pragma once", ""]
+    for k, v in _items():
+        lines.append(f"#define XOMB_{k} 0x{v:x}ULL" if v > 0x7FFFFFFF
+                     else f"#define XOMB_{k} {v}")
+    lines += ["", "#ifndef __ASSEMBLER__", "#include <stdint.h>",
+              "struct xomb_frame {"]
+    lines += [f"    uint64_t {f};" for f in FRAME_FIELDS]
+    lines += ["};", "struct xomb_bootinfo {"]
+    lines += [f"    uint64_t {f};" for f in BOOTINFO_FIELDS]
+    lines += ["};", "#endif", ""]
+    return "\n".join(lines)
+
+
+def asm_include() -> str:
+    lines = ["/* Generated from vmm/abi.py - do not edit. */"]
+    lines += [f".equ {k}, 0x{v:x}" for k, v in _items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Python views used by the VMM and the tests.
+# --------------------------------------------------------------------------
+@dataclass
+class BootInfo:
+    host: int
+    ram_bytes: int
+    nframes: int
+    dev_pfn: int
+    root_phys: int
+    lstar: int
+    iomap_base: int
+    initrd_size: int
+    console_out_pfn: int
+    console_in_pfn: int
+    tsc_khz: int
+    run_mode: int
+    first_free_pfn: int
+    cmdline: str = ""
+
+    def pack(self) -> bytes:
+        vals = {"magic": BOOTINFO_MAGIC, "version": ABI_VERSION, "reserved": 0}
+        vals.update({f: getattr(self, f) for f in BOOTINFO_FIELDS if f not in vals})
+        page = bytearray(PAGE)
+        struct.pack_into(f"<{len(BOOTINFO_FIELDS)}Q", page, 0,
+                         *[vals[f] for f in BOOTINFO_FIELDS])
+        cmd = self.cmdline.encode()
+        if len(cmd) >= CMDLINE_MAX:
+            raise ValueError(f"command line longer than {CMDLINE_MAX - 1} bytes")
+        page[BOOTINFO_CMDLINE:BOOTINFO_CMDLINE + len(cmd)] = cmd
+        return bytes(page)
+
+
+def frame_entry(ftype: int, count: int) -> int:
+    return (ftype << FT_TYPE_SHIFT) | (count & FT_COUNT_MASK)
+
+
+def error_name(value: int) -> str:
+    """Name of a (negated) error return, for traces and tests."""
+    for k, v in ERRORS.items():
+        if -v == value:
+            return k
+    return str(value)
+
+
+def self_map_pte(va: int) -> int:
+    """User-visible address of the level-1 entry that maps va (self-map)."""
+    return SELF_PT + ((va & (USER_TOP - 1)) >> 12) * 8
+
+
+if __name__ == "__main__":      # python -m vmm.abi OUTDIR
+    import sys
+    from pathlib import Path
+    d = Path(sys.argv[1] if len(sys.argv) > 1 else "build/gen")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "xomb_abi.h").write_text(c_header())
+    (d / "abi.inc").write_text(asm_include())
