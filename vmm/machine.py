@@ -1,0 +1,361 @@
+"""The machine: one VM, its RAM, its devices, its vCPU and the run loop.
+
+    m = Machine(boot, console=ConsoleIO(...))   # boot: bootimage.BootState
+    status = m.run()                             # exit status
+    m.stats  -> {'exits': {'MMIO': 3, ...}, 'boot_to_prompt_ms': ..., ...}
+
+The VMM core knows nothing about the CLI or the terminal: output and input go
+through the ConsoleIO given to it.
+
+Exit statuses other than the guest's own (PLAT_EXIT):
+    STATUS_PANIC 101        kernel panic (out PANIC_PORT)
+    STATUS_TRIPLE_FAULT 102 KVM_EXIT_SHUTDOWN
+    STATUS_HALTED 103       hlt with nothing to wake the vCPU
+    STATUS_VMM_ERROR 104    entry failure, emulation failure, unexpected exit
+    STATUS_TIMEOUT 124      run(timeout=...) expired
+    STATUS_QUIT 130         Ctrl-C / Ctrl-A x;  STATUS_TERM 143 SIGTERM
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from vmm import abi
+from vmm.dump import CpuSnapshot, Symbols, dump_state, panic_dump
+from vmm.kvm import DEFAULT_PATH, Kvm, KvmError, ffi, lib, exit_name
+from vmm.memory import GuestMemory
+from vmm.vcpu import install_kick_handler, kick, setup_boot_vcpu, snapshot
+from devices.base import device_thread
+from devices.console import Console, ConsoleIO
+from devices.platform import Platform
+
+
+class MachineError(Exception):
+    """The machine cannot be built as asked (one-line message)."""
+
+
+INTERNAL_SUBERRORS = {1: "emulation failure", 2: "double fault while delivering an exception",
+                      3: "failed to deliver an event", 4: "unexpected exit reason from hardware"}
+SYSTEM_EVENTS = {1: "shutdown", 2: "reset", 3: "crash"}
+
+
+class Machine:
+    STATUS_PANIC = 101
+    STATUS_TRIPLE_FAULT = 102
+    STATUS_HALTED = 103
+    STATUS_VMM_ERROR = 104
+    STATUS_TIMEOUT = 124
+    STATUS_QUIT = 130
+    STATUS_TERM = 143
+
+    def __init__(self, boot, console: ConsoleIO | None = None, cpus: int = 1,
+                 kvm_path: str = DEFAULT_PATH, devices=(), log=None, t_start: float | None = None):
+        self.t_start = t_start if t_start is not None else time.perf_counter()
+        if cpus != 1:
+            raise MachineError(f"--cpus {cpus}: only 1 vCPU is supported for now")
+        ram = boot.ram_bytes
+        if ram % abi.PAGE or not abi.MIN_RAM <= ram <= abi.MAX_RAM:
+            raise MachineError(f"guest RAM {ram:#x} must be a multiple of 4 KiB between "
+                               f"{abi.MIN_RAM >> 20} MiB and {abi.MAX_RAM >> 20} MiB")
+        self.boot = boot
+        self.log = log if log is not None else sys.stderr
+        self.symbols = Symbols(getattr(boot, "symbols", None) or {})
+        self.stats: dict = {"exits": {}}
+        self.exit_counts: dict[str, int] = self.stats["exits"]
+        self.last_dump = ""
+        self.stop_reason = ""
+        self.t_first_run = 0.0
+        self.debug_hook = None          # callable(machine) -> bool (True: keep running)
+        self._stop_status: int | None = None
+        self._stop_lock = threading.Lock()
+        self._mmio: dict[int, object] = {}
+        self._eventfds: list[tuple[int, int, int]] = []
+        self._extra_slots: list = []
+        self._started = False
+        self.kvm = self.vm = self.vcpu = self.mem = None
+        try:
+            self._build(kvm_path, console, devices)
+        except BaseException:
+            self.close()
+            raise
+        self.stats["create_ms"] = (time.perf_counter() - self.t_start) * 1000.0
+
+    # ------------------------------------------------------------------ build
+    def _build(self, kvm_path, console, devices):
+        boot = self.boot
+        self.kvm = Kvm(kvm_path)
+        self.vm = self.kvm.create_vm()
+        for fn in (self.vm.set_tss_addr, self.vm.set_identity_map_addr):
+            try:                        # needed for real mode on VMX; harmless elsewhere
+                fn()
+            except KvmError:
+                pass
+        self.ram_bytes = boot.ram_bytes
+        self.mem = GuestMemory(boot.ram_bytes)
+        self.vm.set_user_memory_region(0, 0, boot.ram_bytes, self.mem.host_addr)
+        for gpa, data in boot.writes:
+            self.mem.write(gpa, data)
+        self.console = Console(console if console is not None else ConsoleIO())
+        self.platform = Platform()
+        self.devices = [self.console, self.platform, *devices]
+        for d in self.devices:
+            d.attach(self)
+        self.vcpu = self.vm.create_vcpu(0)
+        setup_boot_vcpu(self.kvm, self.vcpu, boot.cpu)
+        self._dispatch = {
+            lib.KVM_EXIT_IO: self._exit_io,
+            lib.KVM_EXIT_MMIO: self._exit_mmio,
+            lib.KVM_EXIT_INTR: self._exit_intr,
+            lib.KVM_EXIT_HLT: self._exit_hlt,
+            lib.KVM_EXIT_SHUTDOWN: self._exit_shutdown,
+            lib.KVM_EXIT_FAIL_ENTRY: self._exit_fail_entry,
+            lib.KVM_EXIT_INTERNAL_ERROR: self._exit_internal,
+            lib.KVM_EXIT_DEBUG: self._exit_debug,
+            lib.KVM_EXIT_SYSTEM_EVENT: self._exit_system_event,
+        }
+
+    # ------------------------------------------------- device registration API
+    def device_page_gpa(self, index: int) -> int:
+        if not 0 <= index < abi.DEV_PAGES:
+            raise MachineError(f"device page {index} outside the device area (0..{abi.DEV_PAGES - 1})")
+        return self.ram_bytes + index * abi.PAGE
+
+    def register_mmio(self, index: int, device) -> None:
+        self.device_page_gpa(index)
+        if index in self._mmio:
+            raise MachineError(f"device page {index} claimed by both {self._mmio[index].name} "
+                               f"and {device.name}")
+        self._mmio[index] = device
+
+    def add_ioeventfd(self, gpa: int, length: int | None = None) -> int | None:
+        """An eventfd signalled by guest writes at gpa (no exit); None if unsupported."""
+        if not self.vm.check_extension(lib.KVM_CAP_IOEVENTFD):
+            return None
+        if length is None:
+            length = 0 if self.vm.check_extension(lib.KVM_CAP_IOEVENTFD_ANY_LENGTH) else 4
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            self.vm.ioeventfd(gpa, length, fd)
+        except KvmError:
+            os.close(fd)
+            return None
+        self._eventfds.append((gpa, length, fd))
+        return fd
+
+    def ram_device_page(self, index: int) -> memoryview:
+        """Back device page `index` with a page of host RAM (its own KVM slot)."""
+        import mmap
+        gpa = self.device_page_gpa(index)
+        m = mmap.mmap(-1, abi.PAGE)
+        c = ffi.from_buffer(m)
+        self.vm.set_user_memory_region(1 + index, gpa, abi.PAGE, int(ffi.cast("unsigned long", c)))
+        self._extra_slots.append((m, c))
+        return memoryview(m)
+
+    @staticmethod
+    def mfence() -> None:
+        lib.xomb_mfence()
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, status: int, reason: str = "", guest: bool = False) -> None:
+        """Stop the VM (from any thread); run() returns status. First request wins."""
+        with self._stop_lock:
+            if self._stop_status is not None:
+                return
+            self._stop_status = status
+            self.stop_reason = reason
+        if self.vcpu is not None:
+            kick(self.vcpu)     # immediate_exit (+ a signal if from another thread)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_status is not None
+
+    def snapshot(self) -> CpuSnapshot:
+        return snapshot(self.vcpu)
+
+    def dump(self, title: str, extra: list[str] | None = None) -> str:
+        text = dump_state(title, self.snapshot(), self.mem, self.symbols, extra)
+        self._emit(text)
+        return text
+
+    def _emit(self, text: str):
+        self.last_dump = text
+        try:
+            self.log.write(text)
+            self.log.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _fail(self, status: int, title: str, extra: list[str] | None = None):
+        self.dump(title, extra)
+        self.request_stop(status, title)
+
+    # ------------------------------------------------------------------ run
+    def run(self, timeout: float | None = None) -> int:
+        """Run until the guest powers off, crashes, or is interrupted. Returns the status."""
+        if self._started:
+            raise MachineError("a machine runs once")
+        self._started = True
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            install_kick_handler()
+            for sig, st in ((signal.SIGINT, self.STATUS_QUIT), (signal.SIGTERM, self.STATUS_TERM)):
+                old[sig] = signal.signal(sig, lambda n, f, st=st: self.request_stop(
+                    st, f"interrupted by {signal.Signals(n).name}"))
+        self.vcpu.thread_ident = threading.get_ident()
+        timer = None
+        if timeout is not None:
+            done = threading.Event()
+
+            def expire():
+                if not done.wait(timeout):
+                    self.request_stop(self.STATUS_TIMEOUT, f"timeout after {timeout} s")
+            timer = device_thread(expire, "run-timeout")
+            timer.start()
+        try:
+            for d in self.devices:
+                d.start()
+            self._loop()
+        finally:
+            if timer is not None:
+                done.set()
+            for d in reversed(self.devices):
+                try:
+                    d.stop()
+                except Exception as exc:          # never lose the status over a device
+                    self._emit(f"xomb-vmm: device {d.name} failed to stop: {exc}\n")
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        self.stats["run_ms"] = (time.perf_counter() - self.t_first_run) * 1000.0
+        self.stats["console"] = dict(self.console.stats)
+        return self._stop_status
+
+    def _loop(self):
+        vcpu = self.vcpu
+        counts = self.exit_counts
+        dispatch = self._dispatch
+        names = {}
+        self.t_first_run = time.perf_counter()
+        first = True
+        while self._stop_status is None:
+            reason = vcpu.run()
+            if first:
+                self.stats["first_exit_us"] = (time.perf_counter() - self.t_first_run) * 1e6
+                first = False
+            name = names.get(reason)
+            if name is None:
+                name = names[reason] = exit_name(reason)
+            counts[name] = counts.get(name, 0) + 1
+            dispatch.get(reason, self._exit_unexpected)(reason)
+        if self._stop_status in (self.STATUS_TIMEOUT,):
+            self.dump(self.stop_reason)
+
+    # ------------------------------------------------------------------ exits
+    def _exit_intr(self, reason):
+        self.vcpu.immediate_exit = 0
+
+    def _exit_io(self, reason):
+        io = self.vcpu.io
+        port, out = io.port, io.direction == lib.KVM_EXIT_IO_OUT
+        data = self.vcpu.io_data()
+        if port == abi.PANIC_PORT and out:
+            vector = bytes(data)[0]
+            text = panic_dump(self.snapshot(), vector, self.mem, self.symbols)
+            self._emit(text)
+            self.request_stop(self.STATUS_PANIC, f"kernel panic: vector {vector}")
+        elif abi.COM1 <= port < abi.COM1 + 8:      # kernel debug output (QEMU path), tolerated
+            if out and port == abi.COM1:
+                self.console.io.output.write(bytes(data))
+            elif not out:
+                data[:] = bytes([0x60 if port == abi.COM1 + 5 else 0]) * len(data)
+        else:
+            self._fail(self.STATUS_VMM_ERROR,
+                       f"unexpected port I/O: {'out' if out else 'in'} port {port:#x} size {io.size}")
+
+    def _exit_mmio(self, reason):
+        m = self.vcpu.mmio
+        addr, n, write = m.phys_addr, m.len, m.is_write
+        page, off = divmod(addr - self.ram_bytes, abi.PAGE)
+        dev = self._mmio.get(page) if addr >= self.ram_bytes else None
+        if dev is None:
+            what = "write to" if write else "read from"
+            self._fail(self.STATUS_VMM_ERROR, f"MMIO {what} unmapped guest-physical "
+                       f"address {addr:#x} ({n} bytes): no RAM or device there")
+            return
+        if write:
+            dev.mmio_write(page, off, bytes(ffi.buffer(m.data, n)))
+        else:
+            data = dev.mmio_read(page, off, n)
+            ffi.buffer(m.data, n)[:] = bytes(data[:n]).ljust(n, b"\0")
+
+    def _exit_hlt(self, reason):
+        self._fail(self.STATUS_HALTED, "guest halted (hlt with no interrupt source)")
+
+    def _exit_shutdown(self, reason):
+        self._fail(self.STATUS_TRIPLE_FAULT,
+                   "triple fault (KVM_EXIT_SHUTDOWN): an exception while delivering a double fault")
+
+    def _exit_fail_entry(self, reason):
+        f = self.vcpu.fail_entry
+        self._fail(self.STATUS_VMM_ERROR, "VM entry failed (KVM_EXIT_FAIL_ENTRY)",
+                   [f"hardware entry failure reason {f.hardware_entry_failure_reason:#x} "
+                    f"on cpu {f.cpu}"])
+
+    def _exit_internal(self, reason):
+        e = self.vcpu.internal
+        sub = INTERNAL_SUBERRORS.get(e.suberror, f"suberror {e.suberror}")
+        data = " ".join(f"{e.data[i]:#x}" for i in range(min(e.ndata, 16)))
+        self._fail(self.STATUS_VMM_ERROR, f"KVM internal error: {sub}",
+                   [f"suberror {e.suberror}, data [{data}]"])
+
+    def _exit_debug(self, reason):
+        if self.debug_hook is not None and self.debug_hook(self):
+            return
+        d = self.vcpu.debug.arch
+        self._fail(self.STATUS_VMM_ERROR, "debug exit (no debugger attached)",
+                   [f"exception {d.exception} pc {d.pc:#x} dr6 {d.dr6:#x} dr7 {d.dr7:#x}"])
+
+    def _exit_system_event(self, reason):
+        t = self.vcpu.system_event.type
+        if t == 1:
+            self.request_stop(0, "guest shutdown (system event)")
+        else:
+            self._fail(self.STATUS_VMM_ERROR,
+                       f"system event: {SYSTEM_EVENTS.get(t, t)} (KVM_EXIT_SYSTEM_EVENT)")
+
+    def _exit_unexpected(self, reason):
+        self._fail(self.STATUS_VMM_ERROR, f"unexpected VM exit {exit_name(reason)} ({reason})")
+
+    # ------------------------------------------------------------------ teardown
+    def close(self):
+        if self.vm is not None:
+            for gpa, length, fd in self._eventfds:
+                try:
+                    self.vm.ioeventfd(gpa, length, fd, deassign=True)
+                except KvmError:
+                    pass
+                os.close(fd)
+            self._eventfds.clear()
+            self.vm.close()
+            self.vm = None
+            self.vcpu = None
+        for m, c in self._extra_slots:
+            ffi.release(c)
+            m.close()
+        self._extra_slots.clear()
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
