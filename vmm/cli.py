@@ -1,0 +1,300 @@
+"""xomb-vmm: the command line.
+
+    xomb-vmm boot [--mem SIZE] [--cpus N] [--kernel FILE] [--boot-stats]
+    xomb-vmm run PROGRAM [ARGS...]      run one program non-interactively, exit with its status
+    xomb-vmm build                      build the kernel and the programs
+
+Every known error prints one line `xomb-vmm: <message>` on stderr, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import struct
+import sys
+import time
+from pathlib import Path
+
+from vmm import abi
+
+EXIT_USAGE = 2
+DEFAULT_MEM = "128M"
+MULTIBOOT_MAGIC = 0x1BADB002
+MULTIBOOT_SEARCH = 8192
+
+try:
+    from vmm.bootimage import ImageError
+except Exception:                               # pragma: no cover - bootimage not there yet
+    class ImageError(ValueError):
+        """A kernel image or boot image that cannot boot."""
+
+
+class CliError(Exception):
+    """A bad command line (one-line message)."""
+
+
+# --------------------------------------------------------------------------
+# Sizes
+# --------------------------------------------------------------------------
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'128M', '1G', '16384K', '134217728' (bytes); suffixes K/M/G with optional 'B'/'iB'."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text or "")
+    if not m:
+        raise CliError(f"bad memory size {text!r}: use a number with K, M or G, e.g. 128M or 1G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def fmt_size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def check_mem(text: str) -> int:
+    n = parse_size(text)
+    if n % abi.PAGE:
+        raise CliError(f"--mem {text}: must be a multiple of 4K")
+    if n < abi.MIN_RAM:
+        raise CliError(f"--mem {text}: too small, the minimum is {fmt_size(abi.MIN_RAM)}")
+    if n > abi.MAX_RAM:
+        raise CliError(f"--mem {text}: too large, the maximum is {fmt_size(abi.MAX_RAM)} "
+                       f"({abi.MAX_RAM} bytes)")
+    return n
+
+
+# --------------------------------------------------------------------------
+# --kernel FILE
+# --------------------------------------------------------------------------
+def find_multiboot(img: bytes) -> int | None:
+    for off in range(0, min(len(img), MULTIBOOT_SEARCH) - 11, 4):
+        magic, flags, csum = struct.unpack_from("<III", img, off)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + csum) & 0xFFFF_FFFF == 0:
+            return off
+    return None
+
+
+def validate_kernel_image(img: bytes, name: str = "kernel image") -> None:
+    if not img:
+        raise ImageError(f"{name}: empty file, not a kernel image")
+    if len(img) > abi.KERNEL_MAX:
+        raise ImageError(f"{name}: {len(img)} bytes, larger than the {abi.KERNEL_MAX} bytes "
+                         f"a kernel may use: not an xomb kernel image")
+    if find_multiboot(img) is None:
+        raise ImageError(f"{name}: no valid multiboot header (magic {MULTIBOOT_MAGIC:#x}) in "
+                         f"the first {MULTIBOOT_SEARCH} bytes: corrupt or not an xomb kernel image")
+
+
+def parse_map(text: str) -> dict[str, int]:
+    """Symbol map beside the image: lines 'ADDR NAME' or 'NAME ADDR' (hex), '#' comments."""
+    syms: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) < 2:
+            continue
+        a, b = parts[0], parts[-1]
+        for addr, name in ((a, b), (b, a)):
+            try:
+                syms[name] = int(addr, 16)
+                break
+            except ValueError:
+                continue
+    return syms
+
+
+def load_kernel_file(path: str):
+    """A prebuilt flat kernel image (+ FILE.map beside it): validated, then a KernelImage."""
+    p = Path(path)
+    try:
+        img = p.read_bytes()
+    except IsADirectoryError:
+        raise CliError(f"--kernel {path}: is a directory, not a kernel image") from None
+    except OSError as exc:
+        raise CliError(f"--kernel {path}: {exc.strerror}") from None
+    validate_kernel_image(img, str(path))
+    symbols = {}
+    for mp in (p.with_suffix(".map"), Path(str(p) + ".map")):
+        if mp.is_file():
+            symbols = parse_map(mp.read_text(errors="replace"))
+            break
+    try:
+        from vmm import kernel_build
+    except ImportError as exc:
+        raise CliError(f"--kernel: the kernel builder is not available ({exc})") from None
+    for loader in ("load_image", "load_kernel"):
+        fn = getattr(kernel_build, loader, None)
+        if fn is not None:
+            return fn(str(p))
+    cls = getattr(kernel_build, "KernelImage", None)
+    for ctor in ("load", "from_file"):
+        fn = getattr(cls, ctor, None)
+        if fn is not None:
+            return fn(str(p))
+    raise CliError(f"--kernel: vmm.kernel_build has no way to load a prebuilt image "
+                   f"(image is valid, {len(img)} bytes, {len(symbols)} symbols)")
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+def _known_errors() -> tuple:
+    from vmm.kvm import KvmError
+    from vmm.machine import MachineError
+    errs = [CliError, ImageError, KvmError, MachineError]
+    try:
+        from vmm.build import BuildError
+        errs.append(BuildError)
+    except Exception:
+        pass
+    try:
+        from vmm.bootimage import ImageError as BIE
+        errs.append(BIE)
+    except Exception:
+        pass
+    return tuple(errs)
+
+
+def _build_all():
+    try:
+        from vmm.build import build_all
+    except ImportError as exc:
+        raise CliError(f"the build system is not available ({exc})") from None
+    return build_all()
+
+
+def _boot_state(args, cmdline: str, run_mode: int):
+    from vmm import hostinfo
+    from vmm.kvm import Kvm
+    ram = check_mem(args.mem)
+    Kvm(args.kvm_device).close()            # fail fast (before building) without KVM
+    kernel = load_kernel_file(args.kernel) if args.kernel else None
+    built = _build_all()
+    kernel = kernel or built.kernel
+    from vmm.bootimage import build_boot_state
+    return build_boot_state(kernel, built.programs, ram_bytes=ram,
+                            host=hostinfo.host_type(), cmdline=cmdline, run_mode=run_mode,
+                            tsc_khz=hostinfo.tsc_khz(args.kvm_device))
+
+
+def _run_machine(args, boot, interactive: bool, t_start: float) -> int:
+    from vmm.machine import Machine
+    from vmm import terminal
+    io, term = terminal.stdio_console(interactive)
+    machine = Machine(boot, console=io, cpus=args.cpus, kvm_path=args.kvm_device, t_start=t_start)
+    try:
+        if interactive and term.is_tty:
+            terminal.hint()
+        with term:
+            status = machine.run()
+    finally:
+        machine.close()
+    if status in (machine.STATUS_QUIT, machine.STATUS_TERM):
+        sys.stderr.write(f"\nxomb-vmm: {machine.stop_reason}\n")
+    if args.boot_stats:
+        print_stats(machine.stats, sys.stderr)
+    return status
+
+
+def print_stats(stats: dict, stream) -> None:
+    b = stats.get("boot_to_prompt_ms")
+    line = f"xomb-vmm: boot-to-prompt {b:.2f} ms" if b is not None else \
+        "xomb-vmm: boot-to-prompt n/a (the guest never wrote the boot timer)"
+    line += f"; VM create {stats.get('create_ms', 0):.2f} ms"
+    if "first_exit_us" in stats:
+        line += f", first exit after {stats['first_exit_us']:.0f} us"
+    exits = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("exits", {}).items()))
+    stream.write(line + f"; exits: {exits or 'none'}\n")
+    c = stats.get("console")
+    if c:
+        stream.write(f"xomb-vmm: console {c['bytes_out']} bytes out, {c['bytes_in']} in, "
+                     f"{c['doorbells']} doorbells ({c['doorbell_exits']} exited to the VMM)\n")
+    stream.flush()
+
+
+def cmd_boot(args, t_start) -> int:
+    if args.cpus != 1:
+        raise CliError(f"--cpus {args.cpus}: only 1 vCPU is supported for now")
+    boot = _boot_state(args, cmdline="", run_mode=0)
+    return _run_machine(args, boot, interactive=True, t_start=t_start)
+
+
+def cmd_run(args, t_start) -> int:
+    if args.cpus != 1:
+        raise CliError(f"--cpus {args.cpus}: only 1 vCPU is supported for now")
+    cmdline = " ".join([args.program, *args.args])
+    if len(cmdline.encode()) >= abi.CMDLINE_MAX:
+        raise CliError(f"command line too long ({len(cmdline)} bytes, max {abi.CMDLINE_MAX - 1})")
+    boot = _boot_state(args, cmdline=cmdline, run_mode=1)
+    return _run_machine(args, boot, interactive=False, t_start=t_start)
+
+
+def cmd_build(args, t_start) -> int:
+    built = _build_all()
+    kernel = built.kernel
+    img = getattr(kernel, "image", b"")
+    out = sys.stdout
+    out.write(f"kernel      {len(img):8} bytes\n")
+    for name, elf in sorted(built.programs.items()):
+        out.write(f"{name:<11} {len(elf):8} bytes\n")
+    out.write(f"built in {time.perf_counter() - t_start:.2f} s\n")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xomb-vmm", description="The XOmB exokernel on KVM.")
+    p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH",
+                   help="the KVM device (default /dev/kvm)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp):
+        sp.add_argument("--mem", default=DEFAULT_MEM, metavar="SIZE",
+                        help=f"guest RAM, e.g. 128M or 1G (default {DEFAULT_MEM}, "
+                             f"{fmt_size(abi.MIN_RAM)}..{fmt_size(abi.MAX_RAM)})")
+        sp.add_argument("--cpus", type=int, default=1, metavar="N", help="vCPUs (only 1 for now)")
+        sp.add_argument("--kernel", metavar="FILE", help="a prebuilt flat kernel image (FILE.map beside it)")
+        sp.add_argument("--kvm-device", default=argparse.SUPPRESS, metavar="PATH",
+                        help="the KVM device (default /dev/kvm)")
+        sp.add_argument("--boot-stats", action="store_true",
+                        help="print the boot timer and VM-exit counts to stderr")
+
+    b = sub.add_parser("boot", help="boot the exokernel with an interactive console")
+    common(b)
+    b.set_defaults(func=cmd_boot)
+    r = sub.add_parser("run", help="run PROGRAM [ARGS...] and exit with its status")
+    common(r)
+    r.add_argument("program")
+    r.add_argument("args", nargs=argparse.REMAINDER)
+    r.set_defaults(func=cmd_run)
+    bl = sub.add_parser("build", help="build the kernel and the programs")
+    bl.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    args = make_parser().parse_args(argv)
+    try:
+        known = _known_errors()
+    except Exception as exc:                 # the KVM binding itself cannot load
+        sys.stderr.write(f"xomb-vmm: cannot load the KVM binding: {exc}\n")
+        return EXIT_USAGE
+    try:
+        status = args.func(args, t_start)
+    except known as exc:
+        sys.stderr.write(f"xomb-vmm: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("\nxomb-vmm: interrupted\n")
+        return 130
+    if not 0 <= status <= 255:
+        status = 1 if status else 0
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
