@@ -106,8 +106,8 @@ def parse_map(text: str) -> dict[str, int]:
     return syms
 
 
-def load_kernel_file(path: str):
-    """A prebuilt flat kernel image (+ FILE.map beside it): validated, then a KernelImage."""
+def read_kernel_file(path: str) -> bytes:
+    """The bytes of a prebuilt flat kernel image, validated (no KVM, no build needed)."""
     p = Path(path)
     try:
         img = p.read_bytes()
@@ -116,26 +116,45 @@ def load_kernel_file(path: str):
     except OSError as exc:
         raise CliError(f"--kernel {path}: {exc.strerror}") from None
     validate_kernel_image(img, str(path))
-    symbols = {}
-    for mp in (p.with_suffix(".map"), Path(str(p) + ".map")):
-        if mp.is_file():
-            symbols = parse_map(mp.read_text(errors="replace"))
-            break
+    return img
+
+
+def _beside(p: Path, suffix: str) -> Path | None:
+    for cand in (p.with_suffix(suffix), Path(str(p) + suffix)):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_kernel_file(path: str, img: bytes | None = None):
+    """A prebuilt flat kernel image as a kernel_build.KernelImage.
+
+    The image's layout (entry, GDT/IDT/TSS, stacks) comes from the FILE.json that
+    `xomb-vmm build` writes beside kernel.bin; symbols from FILE.map if present.
+    """
+    import json
+    p = Path(path)
+    if img is None:
+        img = read_kernel_file(path)
     try:
-        from vmm import kernel_build
+        from vmm.kernel_build import KernelImage
     except ImportError as exc:
         raise CliError(f"--kernel: the kernel builder is not available ({exc})") from None
-    for loader in ("load_image", "load_kernel"):
-        fn = getattr(kernel_build, loader, None)
-        if fn is not None:
-            return fn(str(p))
-    cls = getattr(kernel_build, "KernelImage", None)
-    for ctor in ("load", "from_file"):
-        fn = getattr(cls, ctor, None)
-        if fn is not None:
-            return fn(str(p))
-    raise CliError(f"--kernel: vmm.kernel_build has no way to load a prebuilt image "
-                   f"(image is valid, {len(img)} bytes, {len(symbols)} symbols)")
+    meta_path = _beside(p, ".json")
+    if meta_path is None:
+        raise ImageError(f"{path}: no {p.with_suffix('.json').name} beside it: the kernel's "
+                         f"layout is unknown (use the kernel.bin that 'xomb-vmm build' writes "
+                         f"with its kernel.json and kernel.map)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta.pop("path", None)
+        meta.pop("image", None)
+        map_path = _beside(p, ".map")
+        if map_path is not None:
+            meta["symbols"] = parse_map(map_path.read_text(errors="replace")) or meta.get("symbols", {})
+        return KernelImage(image=img, path=p, **meta)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ImageError(f"{meta_path}: not a kernel layout file ({exc})") from None
 
 
 # --------------------------------------------------------------------------
@@ -170,8 +189,9 @@ def _boot_state(args, cmdline: str, run_mode: int):
     from vmm import hostinfo
     from vmm.kvm import Kvm
     ram = check_mem(args.mem)
+    img = read_kernel_file(args.kernel) if args.kernel else None
     Kvm(args.kvm_device).close()            # fail fast (before building) without KVM
-    kernel = load_kernel_file(args.kernel) if args.kernel else None
+    kernel = load_kernel_file(args.kernel, img) if args.kernel else None
     built = _build_all()
     kernel = kernel or built.kernel
     from vmm.bootimage import build_boot_state
