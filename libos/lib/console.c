@@ -1,0 +1,94 @@
+/* The console: bytes out and in, whatever the platform (platform*.c).
+ * Output is buffered per line so one ring update (and at most one
+ * doorbell) carries a whole line. */
+#include "console.h"
+#include "platform.h"
+#include "libos.h"
+#include "string.h"
+
+static char outbuf[256];
+static size_t outlen;
+
+void console_flush(void)
+{
+    if (outlen) {
+        platform_putc_raw(outbuf, outlen);
+        outlen = 0;
+    }
+    platform_console_flush();
+}
+
+void console_write(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        outbuf[outlen++] = s[i];
+        if (s[i] == '\n' || outlen == sizeof(outbuf)) {
+            platform_putc_raw(outbuf, outlen);
+            outlen = 0;
+        }
+    }
+}
+
+int putchar(int c)
+{
+    char ch = (char)c;
+    console_write(&ch, 1);
+    return (unsigned char)c;
+}
+
+int puts(const char *s)
+{
+    console_write(s, strlen(s));
+    putchar('\n');
+    return 0;
+}
+
+int getchar(void)
+{
+    int c;
+    console_flush();            /* the prompt must be visible before we wait */
+    while ((c = platform_getc_nowait()) < 0)
+        cpu_relax();
+    return c;
+}
+
+int readline(char *buf, int size)
+{
+    int n = 0;
+    for (;;) {
+        int c = getchar();
+        if (c == '\r' || c == '\n') {
+            putchar('\n');
+            break;
+        }
+        if (c == 4) {                           /* ^D */
+            if (n == 0)
+                return -1;
+            continue;
+        }
+        if (c == 8 || c == 127) {               /* backspace / delete */
+            if (n > 0) {
+                n--;
+                console_write("\b \b", 3);
+                console_flush();
+            }
+            continue;
+        }
+        if (c == 21) {                          /* ^U: kill the line */
+            while (n > 0) {
+                n--;
+                console_write("\b \b", 3);
+            }
+            console_flush();
+            continue;
+        }
+        if (c < 32 || n >= size - 1)
+            continue;
+        buf[n++] = (char)c;
+        putchar(c);
+        console_flush();
+    }
+    buf[n] = 0;
+    console_flush();
+    return n;
+}

@@ -1,0 +1,322 @@
+/* Processes (see process.h). */
+#include "process.h"
+#include "args.h"
+#include "console.h"
+#include "context.h"
+#include "elf.h"
+#include "initrd.h"
+#include "libos.h"
+#include "mem.h"
+#include "string.h"
+#include "upcall.h"
+#include "vm.h"
+
+#define DEFAULT_CHILD_POOL 2048         /* 8 MiB */
+#define ROOT_CHILD_POOL_MAX 65536       /* what init gives its shell at most: 256 MiB */
+#define KEEP_FOR_SELF 256
+#define MIN_POOL 64
+
+struct proc {
+    int used;
+    int started;
+    int finished;
+    uint64_t root;              /* root phys, to recognise upcalls from it */
+    uint64_t pool_pages;
+    char name[32];
+    struct proc_status st;
+};
+
+static struct proc procs[XOMB_MAX_HANDLES];
+static struct ctx wait_ctx;             /* where wait() continues */
+static long waiting_for;                /* the handle wait() yielded to, or 0 */
+static struct ctx resume_ctx;           /* where yield_to_parent() continues */
+static int resume_armed;
+static char errbuf[160];
+
+const char *spawn_error(void) { return errbuf; }
+
+const char *proc_name(long h)
+{
+    return (h >= 2 && h < XOMB_MAX_HANDLES && procs[h].used) ? procs[h].name : 0;
+}
+
+long slot_free(void)
+{
+    for (long h = 2; h < XOMB_MAX_HANDLES; h++)
+        if (!vm_handle_root((unsigned)h) && !procs[h].used)
+            return h;
+    return -1;
+}
+
+/* --- building a child -------------------------------------------------- */
+
+static long fail(long h, long rv, const char *what)
+{
+    snprintf(errbuf, sizeof(errbuf), "%s: %s", what, xomb_errname(rv));
+    if (h > 0) {
+        xomb_release(h, 0, 0);
+        mem_forget_handle(h);
+        procs[h].used = 0;
+    }
+    return rv < 0 ? rv : -XOMB_EINVAL;
+}
+
+/* Write the argv page in scratch and move it to the child. */
+static long give_args(long h, char *const argv[], uint64_t pool_pages, uint64_t flags)
+{
+    long r = page_alloc_at(XOMB_AS_SELF, XOMB_SCRATCH_VA, XOMB_MAP_W);
+    if (r < 0)
+        return r;
+    struct xomb_args *a = (struct xomb_args *)XOMB_SCRATCH_VA;
+    memset(a, 0, PAGE_SIZE);
+    a->magic = XARGS_MAGIC;
+    a->host = (uint64_t)libos_host;
+    a->pool_pages = pool_pages;
+    a->initrd_size = libos_initrd_size;
+    a->tsc_khz = libos_tsc_khz;
+    a->flags = flags;
+    uint64_t off = sizeof(*a);
+    int argc = 0;
+    for (; argv && argv[argc] && argc < XARGS_MAX; argc++) {
+        uint64_t len = strlen(argv[argc]) + 1;
+        if (off + len > PAGE_SIZE)
+            break;              /* (truncated: the page is full) */
+        memcpy((char *)a + off, argv[argc], len);
+        a->argv_off[argc] = (uint16_t)off;
+        off += len;
+    }
+    a->argc = (uint64_t)argc;
+    struct xomb_result m = xomb_map(h, XOMB_ARGS_VA, XOMB_AS_SELF, XOMB_SCRATCH_VA, 1,
+                                    XOMB_MAP_W | XOMB_MAP_MOVE);
+    if (m.rv < 0)
+        page_free(XOMB_SCRATCH_VA);
+    return m.rv;
+}
+
+/* Share n of our pages at va (same address) with the child, same rights. */
+static long share_same(long h, uint64_t va, uint64_t n, uint64_t rights)
+{
+    for (uint64_t i = 0; i < n;) {
+        uint64_t at = va + i * PAGE_SIZE;
+        long r = mem_ensure_tables(h, at);
+        if (r < 0)
+            return r;
+        uint64_t k = ((at | ((1UL << 21) - 1)) + 1 - at) / PAGE_SIZE;
+        if (k > n - i)
+            k = n - i;
+        struct xomb_result m = xomb_map(h, at, XOMB_AS_SELF, at, k, rights);
+        if (m.rv < 0)
+            return m.rv;
+        i += k;
+    }
+    return 0;
+}
+
+static uint64_t default_pool(uint64_t want)
+{
+    uint64_t have = pool_free_pages();
+    uint64_t spare = have > KEEP_FOR_SELF ? have - KEEP_FOR_SELF : 0;
+    if (!want) {
+        if (libos_is_root)
+            want = spare > ROOT_CHILD_POOL_MAX ? ROOT_CHILD_POOL_MAX : spare;
+        else
+            want = spare / 2 > DEFAULT_CHILD_POOL ? DEFAULT_CHILD_POOL : spare / 2;
+    }
+    if (want > spare)
+        want = spare;
+    return want;
+}
+
+long spawn_with(const char *name, char *const argv[], const struct spawn_opts *o)
+{
+    const void *image;
+    uint64_t size, entry;
+    if (initrd_find(name, &image, &size) < 0) {
+        snprintf(errbuf, sizeof(errbuf), "%s: no such program in the boot archive", name);
+        return -XOMB_EINVAL;
+    }
+    if (elf_check(image, size, &entry, errbuf, sizeof(errbuf)) < 0)
+        return -XOMB_EINVAL;
+    uint64_t pool_pages = default_pool(o ? o->pool_pages : 0);
+    if (pool_pages < MIN_POOL) {
+        snprintf(errbuf, sizeof(errbuf), "not enough memory for %s (%lu pages free)", name,
+                 pool_free_pages());
+        return -LIBOS_ENOMEM;
+    }
+
+    long h = slot_free();
+    if (h < 0) {
+        snprintf(errbuf, sizeof(errbuf), "no free handle slot");
+        return -XOMB_EEXIST;
+    }
+    uint64_t donor = pool_find(XOMB_MAP_W);
+    if (!donor)
+        return fail(0, -LIBOS_ENOMEM, "address space root");
+    long r = xomb_as_create(donor, entry, h);
+    if (r < 0)
+        return fail(0, r, "as_create");
+    pool_consumed(donor);
+    mem_forget_handle(h);
+    struct proc *p = &procs[h];
+    memset(p, 0, sizeof(*p));
+    p->used = 1;
+    p->root = vm_handle_root((unsigned)h);
+    p->pool_pages = pool_pages;
+    strncpy(p->name, name, sizeof(p->name) - 1);
+
+    char lerr[128];
+    if (elf_load(h, image, size, &entry, lerr, sizeof(lerr)) < 0) {
+        long rv = fail(h, -XOMB_EINVAL, "load");
+        snprintf(errbuf, sizeof(errbuf), "%s: %s", name, lerr);
+        return rv;
+    }
+    /* Stack (read/write, never executable), activation frame, arguments. */
+    uint64_t stack = XOMB_STACK_TOP - XOMB_STACK_PAGES * PAGE_SIZE;
+    if ((r = page_alloc_range(h, stack, XOMB_STACK_PAGES, XOMB_MAP_W)) < 0)
+        return fail(h, r, "stack");
+    if ((r = page_alloc_at(h, XOMB_UPCALL_VA, XOMB_MAP_W)) < 0)
+        return fail(h, r, "activation frame");
+    if ((r = give_args(h, argv, pool_pages, o ? o->flags : libos_arg_flags)) < 0)
+        return fail(h, r, "argv page");
+    /* The console is shared, not given: everybody writes the same rings. */
+    if (libos_host != XOMB_HOST_QEMU) {
+        static const uint64_t dev[] = { XOMB_CONSOLE_OUT_VA, XOMB_CONSOLE_IN_VA,
+                                        XOMB_CONSOLE_BELL_VA };
+        for (unsigned i = 0; i < 3; i++)
+            if (vm_mapped(dev[i]) && (r = share_same(h, dev[i], 1, XOMB_MAP_W)) < 0)
+                return fail(h, r, "console");
+    }
+    /* The boot archive, read-only, so the child can start programs too. */
+    if (libos_initrd_size) {
+        uint64_t n = (libos_initrd_size + PAGE_SIZE - 1) / PAGE_SIZE;
+        if ((r = share_same(h, XOMB_INITRD_VA, n, 0)) < 0)
+            return fail(h, r, "boot archive");
+    }
+    /* Its own memory. */
+    r = pool_give(h, XOMB_POOL_VA, pool_pages);
+    if (r < 0)
+        return fail(h, r, "pool");
+    if ((uint64_t)r < pool_pages)
+        return fail(h, -LIBOS_ENOMEM, "pool");
+    return h;
+}
+
+long spawn(const char *name, char *const argv[])
+{
+    return spawn_with(name, argv, 0);
+}
+
+/* --- running and ending a child ---------------------------------------- */
+
+int wait_status(long h, struct proc_status *st, int destroy)
+{
+    if (h < 2 || h >= XOMB_MAX_HANDLES || !procs[h].used)
+        return -XOMB_EBADH;
+    struct proc *p = &procs[h];
+    while (!p->finished) {
+        if (ctx_save(&wait_ctx) == 0) {
+            waiting_for = h;
+            uint64_t up = p->started ? XOMB_UP_RESUME : XOMB_UP_START;
+            p->started = 1;
+            long r = xomb_yield(h, up, 0, 0);
+            waiting_for = 0;            /* only errors return */
+            printf("[%s] cannot run %s: %s\n", libos_name, p->name, xomb_errname(r));
+            p->st.status = 126;
+            p->finished = 1;
+        }
+        waiting_for = 0;
+    }
+    int status = p->st.status;
+    if (st)
+        *st = p->st;
+    if (destroy)
+        proc_destroy(h);
+    return status;
+}
+
+int wait(long h)
+{
+    return wait_status(h, 0, 1);
+}
+
+long proc_destroy(long h)
+{
+    if (h < 2 || h >= XOMB_MAX_HANDLES)
+        return -XOMB_EBADH;
+    struct proc *p = &procs[h];
+    if (p->used && !libos_is_root) {
+        /* Take back what we gave before it goes home to the root. */
+        pool_reclaim(h, XOMB_POOL_VA, p->pool_pages);
+        pool_reclaim(h, XOMB_STACK_TOP - XOMB_STACK_PAGES * PAGE_SIZE, XOMB_STACK_PAGES);
+        pool_reclaim(h, XOMB_UPCALL_VA, 2);     /* activation frame, argv page */
+    }
+    struct xomb_result r = xomb_release(h, 0, 0);
+    mem_forget_handle(h);
+    memset(p, 0, sizeof(*p));
+    return r.rv;
+}
+
+static struct proc *find_by_root(uint64_t root)
+{
+    for (long h = 2; h < XOMB_MAX_HANDLES; h++)
+        if (procs[h].used && procs[h].root == root)
+            return &procs[h];
+    return 0;
+}
+
+long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1)
+{
+    if (ctx_save(&resume_ctx) == 0) {
+        resume_armed = 1;
+        long r = xomb_yield(XOMB_AS_PARENT, upcall, arg0, arg1);
+        resume_armed = 0;
+        return r;
+    }
+    return 0;
+}
+
+void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root)
+{
+    struct proc *p = find_by_root(from_root);
+    switch (no) {
+    case XOMB_UP_EXIT:
+    case XOMB_UP_CHILD_ERROR:
+        if (!p) {
+            printf("[%s] %s from unknown address space 0x%lx ignored\n", libos_name,
+                   no == XOMB_UP_EXIT ? "exit" : "child error", from_root);
+            break;
+        }
+        p->finished = 1;
+        p->st.arg1 = arg1;
+        if (no == XOMB_UP_EXIT) {
+            p->st.status = (int)(uint32_t)arg0;
+        } else {
+            p->st.died = 1;
+            p->st.vector = arg0;
+            p->st.addr = arg1;
+            p->st.status = 128 + (int)arg0;
+            printf("[%s] child %s died: %s at 0x%lx\n", libos_name, p->name,
+                   vector_name(arg0), arg1);
+        }
+        if (waiting_for)
+            ctx_restore(&wait_ctx, 1);
+        break;
+    case XOMB_UP_RESUME:
+        if (resume_armed) {
+            resume_armed = 0;
+            ctx_restore(&resume_ctx, 1);
+        }
+        if (waiting_for)                /* a child gave the CPU back: run it on */
+            ctx_restore(&wait_ctx, 2);
+        break;
+    default:
+        printf("[%s] unexpected upcall %lu (0x%lx, 0x%lx) from 0x%lx\n", libos_name, no,
+               arg0, arg1, from_root);
+        break;
+    }
+    if (waiting_for)
+        ctx_restore(&wait_ctx, 3);
+    /* Nothing to go back to. */
+    printf("[%s] nothing to resume after upcall %lu; exiting\n", libos_name, no);
+    exit(125);
+}

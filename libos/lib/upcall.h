@@ -1,0 +1,23 @@
+/* Upcalls: how the kernel (and other libOSes) enter us (upcall.c, crt0.S). */
+#pragma once
+#include <stdint.h>
+#include "xomb_abi.h"
+
+/* The activation frame the kernel fills on a fault or a reflected syscall. */
+#define UPCALL_FRAME ((struct xomb_frame *)XOMB_UPCALL_VA)
+
+/* A handler returns 1 to resume the interrupted context (after fixing
+ * whatever it wanted: map a page, set frame->rax, move frame->rip ...) or
+ * 0 to decline, which kills the process with status 128 + vector. */
+typedef int (*upcall_handler_t)(struct xomb_frame *f);
+
+upcall_handler_t set_fault_handler(upcall_handler_t h);     /* returns the old one */
+upcall_handler_t set_syscall_handler(upcall_handler_t h);
+
+/* "#PF", "#GP", ... ; "syscall" for XOMB_VEC_SYSCALL. */
+const char *vector_name(uint64_t vector);
+
+__attribute__((noreturn)) void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1,
+                                               uint64_t from_root);
+/* resume.S: restore the frame's context in user mode. */
+__attribute__((noreturn)) void upcall_resume(void);
