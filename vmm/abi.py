@@ -30,7 +30,8 @@ BOOTINFO_PHYS = 0x200000        # boot-information page (read-only to init)
 KTABLES_PHYS = 0x201000         # kernel page tables built by the VMM
 FRAMES_PHYS = 0x400000          # the frame table: one u64 per frame
 MIN_RAM = 16 << 20
-MAX_RAM = 2 << 30               # the kernel reaches RAM through KBASE+phys (top 2 GiB)
+MAX_RAM = (2 << 30) - (2 << 20)  # the kernel reaches RAM through KBASE+phys (top 2 GiB,
+                                 # less the last 2 MiB, which holds the gate page)
 
 # Device register pages sit directly above RAM, so the frame table (and the
 # root's window) cover them like any other frame: devices are memory too.
@@ -46,7 +47,9 @@ KBASE = 0xFFFF_FFFF_8000_0000           # kernel view: KBASE + phys, phys < 2 Gi
 KERNEL_VIRT = KBASE + KERNEL_PHYS
 PML4_USERWIN = 384                      # user-readable kernel window
 USERWIN_VA = 0xFFFF_C000_0000_0000
-GATE_VA = USERWIN_VA                    # PVM syscall trap gate (int3), R+X, user
+# The PVM syscall gate (a page of int3, R+X, user) sits in the last 2 MiB of the
+# kernel's space, so `cmp [rsp], GATE_VA+1` is a single imm32 compare.
+GATE_VA = 0xFFFF_FFFF_FFE0_0000
 FRAMES_VA = USERWIN_VA + 0x20_0000      # frame table, read-only to user
 PML4_INFO = 256                         # non-present PML4 slot: AS entry point << 1
 PML4_HANDLE0 = 256                      # handle h lives in PML4[256 + h], h >= 1
@@ -199,9 +202,9 @@ INITRD_MAGIC = 0x44524E49424D4F58      # "XOMBINRD"
 INITRD_NAME = 32                        # entry: name[32], u64 offset, u64 size
 
 # Kernel page tables built by the VMM at KTABLES_PHYS (offsets of each page).
-KT_PDPT = KTABLES_PHYS + 0x0000     # PML4[511]: entries 510, 511 -> KT_PD0, KT_PD1
+KT_PDPT = KTABLES_PHYS + 0x0000     # PML4[511] (P|W|U): 510 -> KT_PD0 (P|W), 511 -> KT_PD1 (P|W|U)
 KT_PD0 = KTABLES_PHYS + 0x1000      # phys 0..1 GiB, 2 MiB pages, supervisor, global
-KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB
+KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB less 2 MiB; entry 511 -> KT_GATE_PT (P|U)
 KT_UW_PDPT = KTABLES_PHYS + 0x3000  # PML4[384]: the user window (read-only, user)
 KT_UW_PD = KTABLES_PHYS + 0x4000    # entry 0 -> gate PT, entries 1.. -> frame-table PTs
 KT_GATE_PT = KTABLES_PHYS + 0x5000
@@ -222,9 +225,25 @@ STAR_VALUE = 0x0023_0010_0000_0000
 SFMASK_VALUE = 0x47700              # IF TF DF NT AC ... cleared on syscall entry
 USER_RFLAGS = 0x202
 
-# Kernel: per-CPU stacks.
+# Kernel: per-CPU blocks (percpu words at the bottom, stack at the top) and TSSes.
 MAX_CPUS = 8
 KSTACK_SIZE = 0x4000
+PC_SELF = 0             # percpu: its own address
+PC_KTOP = 8             # this CPU's kernel stack top (= TSS.rsp0)
+PC_SCRATCH = 16         # user rsp during the syscall entry
+PC_CPU = 24             # CPU index
+TSS_IOMAP = 104         # the I/O bitmap follows each TSS ...
+TSS_IOMAP_BYTES = 256   # ... covering ports 0..0x7ff, then a 0xff byte
+TSS_LIMIT = TSS_IOMAP + TSS_IOMAP_BYTES
+TSS_STRIDE = 368
+GDT_LIMIT = GDT_ENTRIES * 8 - 1
+
+# Multiboot 1 header (the QEMU/PC entry), flags: page-align modules, memory
+# info, load addresses in the header (flat image).
+MB_MAGIC = 0x1BADB002
+MB_FLAGS = 0x00010003
+MB_CHECKSUM = (-(MB_MAGIC + MB_FLAGS)) & 0xFFFFFFFF
+MB_BSS_END = 0x1000000  # QEMU loads modules above this; the blob must fit below
 
 
 def _items():
@@ -237,6 +256,9 @@ def _items():
             out.append((k, v))
     out += [(f"SYS_{k}", v) for k, v in SYSCALLS.items()]
     out += [(k, v) for k, v in ERRORS.items()]
+    # keystone reads `mov rax, -EINVAL` as a load from address EINVAL: the
+    # kernel uses these ready-negated forms (two's complement, 64-bit).
+    out += [(f"NEG_{k}", (-v) & (2**64 - 1)) for k, v in ERRORS.items()]
     out += [(f"UP_{k}", v) for k, v in UPCALLS.items()]
     out += [(f"FRAME_{f.upper()}", i * 8) for i, f in enumerate(FRAME_FIELDS)]
     out.append(("FRAME_SIZE", len(FRAME_FIELDS) * 8))
@@ -244,7 +266,23 @@ def _items():
     # keystone 0.9.2 mis-adds two symbols in one operand ([A + B] -> garbage),
     # so every absolute kernel address the assembly needs is one symbol here.
     out += [("FRAMES_KVA", KBASE + FRAMES_PHYS), ("BOOTINFO_KVA", KBASE + BOOTINFO_PHYS),
-            ("KTABLES_KVA", KBASE + KTABLES_PHYS), ("GATE_RIP_AFTER", GATE_VA + 1)]
+            ("KTABLES_KVA", KBASE + KTABLES_PHYS), ("GATE_RIP_AFTER", GATE_VA + 1),
+            ("FRAMES_TYPE_KVA", KBASE + FRAMES_PHYS + 4),
+            ("KBASE_PML4_INFO", KBASE + PML4_INFO * 8),
+            ("KBASE_SLOT0", KBASE + PML4_HANDLE0 * 8),
+            ("KBASE_SLOT1", KBASE + (PML4_HANDLE0 + 1) * 8),
+            ("KBASE_SELF", KBASE + PML4_SELF * 8),
+            ("KBASE_USERWIN", KBASE + PML4_USERWIN * 8),
+            ("KBASE_KERNEL", KBASE + PML4_KERNEL * 8),
+            ("KBASE_WINDOW", KBASE + (WINDOW_VA >> 39) * 8),
+            ("FT_DATA_ONE", frame_entry(FT_DATA, 1)),
+            ("FT_TABLE_ONE", frame_entry(FT_TABLE, 1)),
+            ("FT_ROOT_ONE", frame_entry(FT_ROOT, 1)),
+            ("PTE_PU", PTE_P | PTE_U), ("PTE_PWU", PTE_P | PTE_W | PTE_U),
+            ("KERNEL_PML4E", KT_PDPT | PTE_P | PTE_W | PTE_U),
+            ("USERWIN_PML4E", KT_UW_PDPT | PTE_P | PTE_U),
+            ("SELF_PT_UPCALL", SELF_PT + (UPCALL_VA >> 12) * 8),
+            ("STAR_HI", STAR_VALUE >> 32)]
     out += [(f"BI_{f.upper()}_KVA", KBASE + BOOTINFO_PHYS + i * 8)
             for i, f in enumerate(BOOTINFO_FIELDS)]
     return out
@@ -254,6 +292,8 @@ def c_header() -> str:
     lines = ["/* Generated from vmm/abi.py - do not edit. */",
              "#pragma once", ""]
     for k, v in _items():
+        if k.startswith("NEG_"):
+            continue                    # assembly-only helpers
         lines.append(f"#define XOMB_{k} 0x{v:x}ULL" if v > 0x7FFFFFFF
                      else f"#define XOMB_{k} {v}")
     lines += ["", "#ifndef __ASSEMBLER__", "#include <stdint.h>",

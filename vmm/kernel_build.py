@@ -1,0 +1,293 @@
+"""Assemble the kernel (kernel_asm/*.s) with keystone into one flat image.
+
+Image layout (loaded at abi.KERNEL_PHYS):
+    +0x0000  multiboot header and the 32-bit stub (boot32.s, 32-bit mode)
+    +0x1000  the 64-bit kernel code, assembled at its virtual address KBASE + phys
+    +KDATA   the kernel's data, laid out here (not by the assembler): GDT, IDT,
+             TSSes, per-CPU blocks.  Their addresses reach the assembly as
+             constants (GDT_DESC, PERCPU0, ...).
+
+keystone 0.9.2 has no symbol-table output, so the build appends `.quad label`
+for every label it finds in the sources and reads the addresses back from the
+tail of the output (then drops the tail).  keystone quirks the sources obey:
+never add two symbols in one operand (abi.py precomputes sums), `movabs` only
+with rax for absolute 64-bit loads, no numeric local labels.  Undefined symbols
+are an error here (keystone would silently use 0).  keystone's `.align` and
+`.space` are unreliable in large inputs, hence the data area is built here; and
+`mov r64, [abs]` (r64 != rax) is mis-encoded, so data is reached by `movabs rax`,
+`lgdt`/`lidt`/`fxrstor [abs]` or a register base (tests/test_kernel_asm.py checks
+every memory operand's target).
+
+Descriptor tables hold addresses split into bit fields, so the IDT, the TSS
+descriptors, the TSSes and the per-CPU words are filled in here, after
+assembly, from the symbol table.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks, KsError
+
+from . import abi, paths
+
+SOURCES_64 = ["x86.s", "pagetable.s", "entry.s", "upcall.s", "syscall.s", "start.s"]
+SOURCE_32 = "boot32.s"
+STUB_SIZE = 0x1000
+KERNEL_VIRT64 = abi.KBASE + abi.KERNEL_PHYS + STUB_SIZE
+VECTORS_WITH_DPL3 = {3}                 # int3: the PVM syscall gate and breakpoints
+
+# The data area (image offsets; every block aligned as the hardware wants).
+KDATA = 0x10000
+KDATA_LAYOUT = {            # name -> offset from KDATA
+    "gdt": 0x0,             # GDT_ENTRIES * 8 bytes
+    "gdt_desc": 0x100,      # lgdt operand: limit, base
+    "idt_desc": 0x110,
+    "k_root_phys": 0x120,   # init's root, set once at boot: where freed frames go home
+    "fpu_clean": 0x200,     # a clean FXSAVE image (16-byte aligned)
+    "idt": 0x1000,
+    "tss0": 0x2000,         # MAX_CPUS TSSes of TSS_STRIDE bytes, each with its I/O bitmap
+    "percpu0": 0x4000,      # MAX_CPUS blocks of KSTACK_SIZE (aligned to it)
+}
+KERNEL_END = KDATA + KDATA_LAYOUT["percpu0"] + abi.MAX_CPUS * abi.KSTACK_SIZE
+GDT_FIXED = [0, 0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF,   # null, -, 0x10 KCS, 0x18 KDS
+             0x00CFFA000000FFFF, 0x00CFF2000000FFFF,         # 0x23 user CS32, 0x2b user DS
+             0x00AFFA000000FFFF, 0]                          # 0x33 user CS64, -
+
+_LABEL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:")
+_MACRO_LABELS = re.compile(r"^\s*(VEC|VEC_ERR)\s+(\d+)\s*$")   # VEC n defines vecN
+
+
+class KernelBuildError(Exception):
+    """The kernel sources do not assemble, or the image is malformed."""
+
+
+@dataclass
+class KernelImage:
+    image: bytes
+    symbols: dict[str, int]
+    entry64: int
+    mb_entry: int
+    stack_tops: list[int]
+    gdt: int
+    gdt_limit: int
+    idt: int
+    idt_limit: int
+    tss: list[int]
+    tss_limit: int
+    digest: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+    def offset(self, va: int) -> int:
+        """Image offset of a 64-bit kernel virtual address."""
+        return va - abi.KBASE - abi.KERNEL_PHYS
+
+
+def _labels(text: str) -> list[str]:
+    out, in_macro = [], False
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith(".macro"):
+            in_macro = True
+        elif s.startswith(".endm"):
+            in_macro = False
+        elif not in_macro:
+            m = _LABEL.match(line) or None
+            if m:
+                out.append(m.group(1))
+            m = _MACRO_LABELS.match(line)
+            if m:
+                out.append(f"vec{m.group(2)}")
+    return out
+
+
+def _strip_comments(text: str) -> str:
+    # keystone accepts /* */ but a C comment spanning lines is easier to drop here.
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+def _assemble(text: str, addr: int, mode: int, what: str) -> bytes:
+    ks = Ks(KS_ARCH_X86, mode)
+    missing: list[str] = []
+
+    def resolver(name, value):          # keystone asks only for undefined symbols
+        missing.append(name.decode() if isinstance(name, bytes) else name)
+        return False
+    ks.sym_resolver = resolver
+    try:
+        enc, _ = ks.asm(text, addr)
+    except KsError as e:
+        where = f" (undefined: {', '.join(sorted(set(missing)))})" if missing else ""
+        raise KernelBuildError(f"{what}: keystone: {e}{where}") from None
+    if missing:
+        raise KernelBuildError(f"{what}: undefined symbols: {', '.join(sorted(set(missing)))}")
+    if not enc:
+        raise KernelBuildError(f"{what}: assembled to nothing")
+    return bytes(enc)
+
+
+def _assemble_with_symbols(text: str, labels: list[str], addr: int, mode: int,
+                           what: str) -> tuple[bytes, dict[str, int]]:
+    """Assemble, appending the label table as .quad/.long values read back."""
+    width, fmt, d = (8, "Q", ".quad") if mode == KS_MODE_64 else (4, "I", ".long")
+    raw = _assemble(text + "\n__symtab:\n" + "\n".join(f"{d} {n}" for n in labels) + "\n",
+                    addr, mode, what)
+    vals = struct.unpack_from(f"<{len(labels)}{fmt}", raw, len(raw) - width * len(labels))
+    return raw[:len(raw) - width * len(labels)], dict(zip(labels, vals))
+
+
+def _syscall_table() -> str:
+    """Generated from abi.SYSCALLS, so numbers and table can never disagree."""
+    names = sorted(abi.SYSCALLS, key=abi.SYSCALLS.get)
+    return "syscall_table:\n" + "".join(f"    .quad sys_{n.lower()}\n" for n in names) + \
+        "kernel_code_end:\n"
+
+
+def _data_symbols() -> dict[str, int]:
+    base = abi.KBASE + abi.KERNEL_PHYS + KDATA
+    sym = {n: base + o for n, o in KDATA_LAYOUT.items()}
+    sym["percpu0_top"] = sym["percpu0"] + abi.KSTACK_SIZE
+    sym["tss0_iomap"] = sym["tss0"] + 102
+    sym["kernel_end"] = abi.KBASE + abi.KERNEL_PHYS + KERNEL_END
+    return sym
+
+
+def _data_equs(sym: dict[str, int]) -> str:
+    return "".join(f".equ {n.upper()}, 0x{sym[n]:x}\n" for n in
+                   ["gdt_desc", "idt_desc", "k_root_phys", "fpu_clean", "tss0_iomap",
+                    "percpu0", "percpu0_top"])
+
+
+def _idt_entry(handler: int, dpl: int) -> bytes:
+    return struct.pack("<HHBBHII", handler & 0xFFFF, abi.GDT_KCS, 0,
+                       0x8E | (dpl << 5), (handler >> 16) & 0xFFFF, handler >> 32, 0)
+
+
+def _tss_descriptor(base: int, limit: int) -> bytes:
+    return struct.pack("<HHBBBBII", limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF,
+                       0x89, (limit >> 16) & 0xF, (base >> 24) & 0xFF, base >> 32, 0)
+
+
+def _iomap() -> bytes:
+    """Ports ring 3 may use when the bitmap is enabled (QEMU platform only)."""
+    bits = bytearray(b"\xff" * abi.TSS_IOMAP_BYTES)
+    for port in [*range(abi.COM1, abi.COM1 + 8), abi.PANIC_PORT, abi.PANIC_PORT + 1]:
+        bits[port // 8] &= ~(1 << (port % 8)) & 0xFF
+    return bytes(bits) + b"\xff"
+
+
+def _patch(img: bytearray, k: KernelImage) -> None:
+    sym = k.symbols
+    off = k.offset
+    struct.pack_into(f"<{len(GDT_FIXED)}Q", img, off(k.gdt), *GDT_FIXED)
+    struct.pack_into("<HQ", img, off(sym["gdt_desc"]), abi.GDT_LIMIT, k.gdt)
+    struct.pack_into("<HQ", img, off(sym["idt_desc"]), 4095, k.idt)
+    struct.pack_into("<H", img, off(sym["fpu_clean"]), 0x37F)          # FCW
+    struct.pack_into("<I", img, off(sym["fpu_clean"]) + 24, 0x1F80)    # MXCSR
+    for v in range(256):
+        h = sym[f"vec{v}"] if v < 32 else sym["vec_spurious"]
+        dpl = 3 if v in VECTORS_WITH_DPL3 else 0
+        img[off(k.idt) + 16 * v: off(k.idt) + 16 * v + 16] = _idt_entry(h, dpl)
+    for cpu in range(abi.MAX_CPUS):
+        tss, top = k.tss[cpu], k.stack_tops[cpu]
+        d = off(sym["gdt"]) + abi.GDT_TSS0 + 16 * cpu
+        img[d:d + 16] = _tss_descriptor(tss, abi.TSS_LIMIT)
+        struct.pack_into("<Q", img, off(tss) + 4, top)                 # rsp0
+        struct.pack_into("<H", img, off(tss) + 102, 0xFFFF)            # no I/O bitmap
+        io = _iomap()
+        img[off(tss) + abi.TSS_IOMAP: off(tss) + abi.TSS_IOMAP + len(io)] = io
+        pc = top - abi.KSTACK_SIZE
+        struct.pack_into("<Q", img, off(pc) + abi.PC_SELF, pc)
+        struct.pack_into("<Q", img, off(pc) + abi.PC_KTOP, top)
+        struct.pack_into("<Q", img, off(pc) + abi.PC_CPU, cpu)
+
+
+def assemble(src_dir: Path, abi_inc: str) -> KernelImage:
+    """Assemble both parts and return the patched image (no caching)."""
+    data = _data_symbols()
+    text64 = abi_inc + _data_equs(data) + "\n".join(
+        _strip_comments((src_dir / f).read_text()) for f in SOURCES_64)
+    text64 += "\n" + _syscall_table()
+    labels = _labels(text64)
+    dup = {n for n in labels if labels.count(n) > 1}
+    if dup:
+        raise KernelBuildError(f"duplicate labels: {', '.join(sorted(dup))}")
+    code64, symbols = _assemble_with_symbols(text64, labels, KERNEL_VIRT64, KS_MODE_64,
+                                             "kernel (64-bit)")
+    if KERNEL_VIRT64 + len(code64) > data["gdt"]:
+        raise KernelBuildError(f"kernel code ({len(code64)} bytes) overlaps its data area")
+    symbols.update(data)
+
+    gdt_phys = symbols["gdt"] - abi.KBASE
+    qe = symbols["kernel_qemu_entry"]
+    keep = ["KERNEL_PHYS", "BOOTINFO_PHYS", "KT_BOOT_PML4", "GDT_KCS", "GDT_LIMIT",
+            "MB_MAGIC", "MB_FLAGS", "MB_CHECKSUM", "MB_BSS_END"]
+    inc32 = "".join(f".equ {n}, 0x{getattr(abi, n):x}\n" for n in keep)
+    inc32 += (f".equ GDT_PHYS, 0x{gdt_phys:x}\n.equ QEMU_ENTRY_LO, 0x{qe & 0xFFFFFFFF:x}\n"
+              f".equ QEMU_ENTRY_HI, 0x{qe >> 32:x}\n")
+    text32 = inc32 + _strip_comments((src_dir / SOURCE_32).read_text())
+    labels32 = _labels(text32)
+    stub, syms32 = _assemble_with_symbols(text32, labels32, abi.KERNEL_PHYS, KS_MODE_32,
+                                          "boot stub (32-bit)")
+    if len(stub) > STUB_SIZE:
+        raise KernelBuildError(f"boot stub is {len(stub)} bytes, more than {STUB_SIZE}")
+    symbols.update({f"boot32.{n}": v for n, v in syms32.items()})
+
+    img = bytearray(stub.ljust(STUB_SIZE, b"\0") + code64.ljust(KDATA - STUB_SIZE, b"\0"))
+    img += bytes(KERNEL_END - KDATA)
+    if len(img) > abi.KERNEL_MAX:
+        raise KernelBuildError(f"kernel image is {len(img)} bytes, more than {abi.KERNEL_MAX}")
+    percpu0 = symbols["percpu0"]
+    tops = [percpu0 + (i + 1) * abi.KSTACK_SIZE for i in range(abi.MAX_CPUS)]
+    k = KernelImage(image=b"", symbols=symbols, entry64=symbols["kernel_start64"],
+                    mb_entry=symbols["boot32.mb_entry"], stack_tops=tops,
+                    gdt=symbols["gdt"], gdt_limit=abi.GDT_LIMIT, idt=symbols["idt"],
+                    idt_limit=4095,
+                    tss=[symbols["tss0"] + i * abi.TSS_STRIDE for i in range(abi.MAX_CPUS)],
+                    tss_limit=abi.TSS_LIMIT)
+    _patch(img, k)
+    k.image = bytes(img)
+    return k
+
+
+def _digest(src_dir: Path, abi_inc: str) -> str:
+    h = hashlib.sha256(Path(__file__).read_bytes() + abi_inc.encode())
+    for f in [*SOURCES_64, SOURCE_32]:
+        h.update(f.encode() + b"\0" + (src_dir / f).read_bytes())
+    return h.hexdigest()
+
+
+def build_kernel(gen_dir: Path, out_dir: Path, src_dir: Path = paths.KERNEL_SRC) -> KernelImage:
+    """Build (or load from the cache) build/kernel/kernel.bin and kernel.map."""
+    abi_inc = (gen_dir / "abi.inc").read_text()
+    digest = _digest(src_dir, abi_inc)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path, bin_path = out_dir / "kernel.json", out_dir / "kernel.bin"
+    if meta_path.exists() and bin_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("digest") == digest:
+            meta["image"] = bin_path.read_bytes()
+            meta.pop("path", None)
+            return KernelImage(**meta, path=bin_path)
+    k = assemble(src_dir, abi_inc)
+    k.digest = digest
+    bin_path.write_bytes(k.image)
+    (out_dir / "kernel.map").write_text("".join(
+        f"{v:016x} {n}\n" for n, v in sorted(k.symbols.items(), key=lambda kv: kv[1])))
+    meta = {f: getattr(k, f) for f in k.__dataclass_fields__ if f not in ("image", "path")}
+    meta_path.write_text(json.dumps(meta))
+    k.path = bin_path
+    return k
+
+
+def load_map(path: Path) -> dict[str, int]:
+    """Read a kernel.map written by build_kernel."""
+    out = {}
+    for line in path.read_text().splitlines():
+        addr, name = line.split()
+        out[name] = int(addr, 16)
+    return out
