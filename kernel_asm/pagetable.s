@@ -150,7 +150,7 @@ frame_home:
     lea rdi, [rax + rcx*8 + KBASE]      /* the window entry */
     mov rax, rdx
     shl rax, 12
-    or rax, PTE_P + PTE_W + PTE_U
+    or rax, PTE_PWU
     bts rax, 63                         /* NX */
     cmp byte ptr [rdx*8 + FRAMES_TYPE_KVA], FT_DEVICE
     jne frame_home_store

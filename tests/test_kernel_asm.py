@@ -132,3 +132,14 @@ def test_undefined_symbol_is_an_error(tmp_path):
     (src / "entry.s").write_text((src / "entry.s").read_text() + "\n    jmp no_such_label\n")
     with pytest.raises(kb.KernelBuildError, match="no_such_label"):
         kb.assemble(src, abi.asm_include())
+
+
+def test_no_operand_adds_two_symbols():
+    """keystone 0.9.2 silently mis-adds two .equ symbols in one operand."""
+    import re
+    pat = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\s*[-+]\s*[A-Z][A-Z0-9_]{2,}\b")
+    bad = [f"{f.name}:{n}: {line.strip()}"
+           for f in sorted(paths.KERNEL_SRC.glob("*.s"))
+           for n, line in enumerate(f.read_text().splitlines(), 1)
+           if not line.lstrip().startswith(("/*", "*", "#")) and pat.search(line.split("/*")[0])]
+    assert not bad, "\n".join(bad)
