@@ -310,7 +310,10 @@ class Console(Device):
             return False
         if r:
             try:
-                self.stats["doorbells"] += os.eventfd_read(self._efd)
+                n = os.eventfd_read(self._efd)
+                if self._stop.is_set():
+                    n -= 1                  # our own wake-up from stop()
+                self.stats["doorbells"] += max(n, 0)
             except BlockingIOError:
                 pass
             return True

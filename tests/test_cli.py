@@ -104,3 +104,44 @@ def test_print_stats():
                      "exits": {"MMIO": 3}, "console": {"bytes_out": 10, "bytes_in": 0,
                                                        "doorbells": 2, "doorbell_exits": 0}}, s)
     assert "boot-to-prompt 12.50 ms" in s.getvalue() and "MMIO 3" in s.getvalue()
+
+
+def test_terminal_raw_mode_restored_on_exception():
+    import os, pty, termios
+    from vmm.terminal import Terminal
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with pytest.raises(RuntimeError):
+            with Terminal(slave) as t:
+                assert t.raw
+                now = termios.tcgetattr(slave)
+                assert not now[3] & (termios.ICANON | termios.ECHO | termios.ISIG)
+                raise RuntimeError("boom")
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_stdio_console_modes():
+    import os
+    from vmm.terminal import stdio_console, EscapeSource
+    from devices.console import FdSource
+    r, w = os.pipe()
+    try:
+        io, term = stdio_console(interactive=True, in_fd=r, out_fd=w)
+        assert not term.raw and isinstance(io.input, FdSource)     # a pipe: plain bytes
+    finally:
+        os.close(r)
+        os.close(w)
+    import pty
+    master, slave = pty.openpty()
+    try:
+        io, term = stdio_console(interactive=True, in_fd=slave, out_fd=slave)
+        assert term.raw and isinstance(io.input, EscapeSource)
+        io, term = stdio_console(interactive=False, in_fd=slave, out_fd=slave)
+        assert not term.raw and io.input is None                   # run: tty not read
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -254,13 +254,16 @@ def cmd_run(args, t_start) -> int:
 
 def cmd_build(args, t_start) -> int:
     built = _build_all()
-    kernel = built.kernel
-    img = getattr(kernel, "image", b"")
     out = sys.stdout
-    out.write(f"kernel      {len(img):8} bytes\n")
-    for name, elf in sorted(built.programs.items()):
-        out.write(f"{name:<11} {len(elf):8} bytes\n")
-    out.write(f"built in {time.perf_counter() - t_start:.2f} s\n")
+    report = getattr(built, "report", None)
+    if report:
+        out.write("\n".join(report) + "\n")
+    else:
+        img = getattr(built.kernel, "image", b"")
+        out.write(f"kernel      {len(img):9,} bytes\n")
+        for name, elf in sorted(built.programs.items()):
+            out.write(f"{name:<11} {len(elf):9,} bytes\n")
+        out.write(f"built in {time.perf_counter() - t_start:.2f} s\n")
     return 0
 
 

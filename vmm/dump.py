@@ -295,6 +295,10 @@ def panic_dump(snap: CpuSnapshot, vector: int, mem=None, symbols: Symbols | dict
         lines += code_at(mem, snap, f.rip, symbols)
         if vector == 14 and mem is not None and snap.paging:
             lines.append(format_walk(walk(mem, snap.cr3, snap.cr2)))
+    raw = read_guest_virt(mem, snap, snap.rsp, 64)
+    if raw:
+        words = struct.unpack("<8Q", raw)
+        lines.append(f"stack at {snap.rsp:#x}: " + " ".join(f"{w:#x}" for w in words))
     lines.append("--- panic handler state ---")
     lines += format_registers(snap, symbols)
     return "\n".join(lines) + "\n"

@@ -53,7 +53,8 @@ class Machine:
 
     def __init__(self, boot, console: ConsoleIO | None = None, cpus: int = 1,
                  kvm_path: str = DEFAULT_PATH, devices=(), log=None, t_start: float | None = None):
-        self.t_start = t_start if t_start is not None else time.perf_counter()
+        t_init = time.perf_counter()
+        self.t_start = t_start if t_start is not None else t_init     # "VMM start"
         if cpus != 1:
             raise MachineError(f"--cpus {cpus}: only 1 vCPU is supported for now")
         ram = boot.ram_bytes
@@ -81,7 +82,7 @@ class Machine:
         except BaseException:
             self.close()
             raise
-        self.stats["create_ms"] = (time.perf_counter() - self.t_start) * 1000.0
+        self.stats["create_ms"] = (time.perf_counter() - t_init) * 1000.0
 
     # ------------------------------------------------------------------ build
     def _build(self, kvm_path, console, devices):
@@ -333,14 +334,10 @@ class Machine:
     # ------------------------------------------------------------------ teardown
     def close(self):
         if self.vm is not None:
+            self.vm.close()             # drops the ioeventfds too (a deassign costs ~5 ms)
             for gpa, length, fd in self._eventfds:
-                try:
-                    self.vm.ioeventfd(gpa, length, fd, deassign=True)
-                except KvmError:
-                    pass
                 os.close(fd)
             self._eventfds.clear()
-            self.vm.close()
             self.vm = None
             self.vcpu = None
         for m, c in self._extra_slots:
