@@ -272,3 +272,44 @@ def test_cpus_must_be_one():
 def test_create_to_first_exit_is_fast():
     m, status, _ = run_tiny("hlt")
     assert m.stats["create_ms"] < 200 and m.stats["first_exit_us"] < 100_000
+
+
+@requires_kvm
+def test_device_bug_stops_with_dump():
+    from devices.base import Device
+
+    class Broken(Device):
+        name = "broken"
+
+        def attach(self, machine):
+            super().attach(machine)
+            machine.register_mmio(5, self)
+
+        def mmio_write(self, page, offset, data):
+            raise ZeroDivisionError("oops")
+    m, status, _ = run_tiny(f"mov rdi, {TINY_RAM + 5 * 4096}\nmov dword ptr [rdi], 1",
+                            devices=[Broken()])
+    assert status == m.STATUS_VMM_ERROR
+    assert "VMM error while handling a MMIO exit: ZeroDivisionError: oops" in m.last_dump
+
+
+@requires_kvm
+def test_ram_backed_device_page():
+    from devices.base import Device
+
+    class Shared(Device):
+        name = "shared"
+
+        def attach(self, machine):
+            super().attach(machine)
+            self.page = machine.ram_device_page(3)
+    dev = Shared()
+    asm = f"""
+        mov rdi, {TINY_RAM + 3 * 4096}
+        mov dword ptr [rdi + 8], 0x1234abcd
+        mov rdi, {PLATFORM}
+        mov dword ptr [rdi + {abi.PLAT_EXIT}], 0
+    """
+    m, status, _ = run_tiny(asm, devices=[dev])
+    assert status == 0 and m.stats["exits"] == {"MMIO": 1}    # the RAM page never exits
+    assert bytes(dev.page[8:12]) == (0x1234abcd).to_bytes(4, "little")

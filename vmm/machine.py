@@ -77,6 +77,7 @@ class Machine:
         self._extra_slots: list = []
         self._started = False
         self.kvm = self.vm = self.vcpu = self.mem = None
+        install_kick_handler()          # no-op unless on the main thread
         try:
             self._build(kvm_path, console, devices)
         except BaseException:
@@ -243,7 +244,11 @@ class Machine:
         self.t_first_run = time.perf_counter()
         first = True
         while self._stop_status is None:
-            reason = vcpu.run()
+            try:
+                reason = vcpu.run()
+            except KvmError as exc:
+                self._fail(self.STATUS_VMM_ERROR, f"KVM_RUN failed: {exc}")
+                break
             if first:
                 self.stats["first_exit_us"] = (time.perf_counter() - self.t_first_run) * 1e6
                 first = False
@@ -251,7 +256,13 @@ class Machine:
             if name is None:
                 name = names[reason] = exit_name(reason)
             counts[name] = counts.get(name, 0) + 1
-            dispatch.get(reason, self._exit_unexpected)(reason)
+            try:
+                dispatch.get(reason, self._exit_unexpected)(reason)
+            except Exception as exc:        # a VMM/device bug: stop with a dump, never hang
+                import traceback
+                self._emit(traceback.format_exc())
+                self._fail(self.STATUS_VMM_ERROR,
+                           f"VMM error while handling a {name} exit: {type(exc).__name__}: {exc}")
         if self._stop_status in (self.STATUS_TIMEOUT,):
             self.dump(self.stop_reason)
 
@@ -342,7 +353,10 @@ class Machine:
             self.vcpu = None
         for m, c in self._extra_slots:
             ffi.release(c)
-            m.close()
+            try:
+                m.close()
+            except BufferError:         # a device still holds a view: the GC unmaps it
+                pass
         self._extra_slots.clear()
         if self.mem is not None:
             self.mem.close()
