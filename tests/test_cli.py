@@ -145,3 +145,39 @@ def test_stdio_console_modes():
     finally:
         os.close(master)
         os.close(slave)
+
+
+SPIN_SCRIPT = r"""
+import sys
+sys.path[:0] = [{tests!r}, {root!r}]
+from conftest import make_tiny_boot
+from vmm import terminal
+from vmm.machine import Machine
+io, term = terminal.stdio_console(interactive=True)
+m = Machine(make_tiny_boot("spin:\njmp spin"), console=io)
+terminal.hint()
+with term:
+    status = m.run(timeout=20)
+m.close()
+print("STATUS", status, m.stop_reason)
+sys.exit(status)
+"""
+
+
+@pytest.mark.kvm
+def test_ctrl_a_x_quits_and_restores_terminal(tmp_path):
+    from conftest import kvm_usable, ROOT
+    if not kvm_usable():
+        pytest.skip("needs a usable /dev/kvm")
+    pexpect = pytest.importorskip("pexpect")
+    import sys
+    script = tmp_path / "spin.py"
+    script.write_text(SPIN_SCRIPT.format(tests=str(ROOT / "tests"), root=str(ROOT)))
+    child = pexpect.spawn(sys.executable, [str(script)], timeout=15, encoding="utf-8")
+    child.expect("Ctrl-A x quits")
+    child.send("\x03")                     # Ctrl-C is a byte for the guest, not a signal
+    child.send("\x01x")
+    child.expect("STATUS 130 quit from the console")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
