@@ -157,12 +157,7 @@ long spawn_with(const char *name, char *const argv[], const struct spawn_opts *o
         return fail(0, r, "as_create");
     pool_consumed(donor);
     mem_forget_handle(h);
-    struct proc *p = &procs[h];
-    memset(p, 0, sizeof(*p));
-    p->used = 1;
-    p->root = vm_handle_root((unsigned)h);
-    p->pool_pages = pool_pages;
-    strncpy(p->name, name, sizeof(p->name) - 1);
+    proc_adopt(h, name, pool_pages);
 
     char lerr[128];
     if (elf_load(h, image, size, &entry, lerr, sizeof(lerr)) < 0) {
@@ -208,23 +203,58 @@ long spawn(const char *name, char *const argv[])
 
 /* --- running and ending a child ---------------------------------------- */
 
+int proc_run(long h, uint64_t upcall, uint64_t arg0, uint64_t arg1, long *yield_rv)
+{
+    if (h < 2 || h >= XOMB_MAX_HANDLES || !procs[h].used)
+        return -XOMB_EBADH;
+    struct proc *p = &procs[h];
+    /* What to send next; changed after ctx_save, so kept in memory. */
+    static uint64_t next_upcall, next_arg0, next_arg1;
+    next_upcall = upcall;
+    next_arg0 = arg0;
+    next_arg1 = arg1;
+    if (yield_rv)
+        *yield_rv = 0;
+    while (!p->finished) {
+        if (ctx_save(&wait_ctx) == 0) {
+            waiting_for = h;
+            long r = xomb_yield(h, next_upcall, next_arg0, next_arg1);
+            waiting_for = 0;            /* only errors return */
+            if (yield_rv)
+                *yield_rv = r;
+            return 0;
+        }
+        waiting_for = 0;
+        next_upcall = XOMB_UP_RESUME;   /* it gave the CPU back without exiting */
+        next_arg0 = next_arg1 = 0;
+    }
+    return 1;
+}
+
+void proc_adopt(long h, const char *name, uint64_t pool_pages)
+{
+    struct proc *p = &procs[h];
+    memset(p, 0, sizeof(*p));
+    p->used = 1;
+    p->root = vm_handle_root((unsigned)h);
+    p->pool_pages = pool_pages;
+    strncpy(p->name, name, sizeof(p->name) - 1);
+}
+
 int wait_status(long h, struct proc_status *st, int destroy)
 {
     if (h < 2 || h >= XOMB_MAX_HANDLES || !procs[h].used)
         return -XOMB_EBADH;
     struct proc *p = &procs[h];
-    while (!p->finished) {
-        if (ctx_save(&wait_ctx) == 0) {
-            waiting_for = h;
-            uint64_t up = p->started ? XOMB_UP_RESUME : XOMB_UP_START;
-            p->started = 1;
-            long r = xomb_yield(h, up, 0, 0);
-            waiting_for = 0;            /* only errors return */
+    if (!p->finished) {
+        long r;
+        uint64_t up = p->started ? XOMB_UP_RESUME : XOMB_UP_START;
+        p->started = 1;
+        if (proc_run(h, up, 0, 0, &r) == 0) {
             printf("[%s] cannot run %s: %s\n", libos_name, p->name, xomb_errname(r));
             p->st.status = 126;
             p->finished = 1;
         }
-        waiting_for = 0;
     }
     int status = p->st.status;
     if (st)
@@ -264,15 +294,20 @@ static struct proc *find_by_root(uint64_t root)
     return 0;
 }
 
-long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1)
+long yield_and_resume(long h, uint64_t upcall, uint64_t arg0, uint64_t arg1)
 {
     if (ctx_save(&resume_ctx) == 0) {
         resume_armed = 1;
-        long r = xomb_yield(XOMB_AS_PARENT, upcall, arg0, arg1);
+        long r = xomb_yield(h, upcall, arg0, arg1);
         resume_armed = 0;
         return r;
     }
     return 0;
+}
+
+long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1)
+{
+    return yield_and_resume(XOMB_AS_PARENT, upcall, arg0, arg1);
 }
 
 void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root)

@@ -44,6 +44,16 @@ long slot_free(void);
 /* What we call a child (its program name), or NULL. */
 const char *proc_name(long h);
 
+/* Lower level, for tests: note a bare address space (made with
+ * xomb_as_create) as our child, so its upcalls are recognised. */
+void proc_adopt(long h, const char *name, uint64_t pool_pages);
+/* Yield to child h with `upcall` and run it until it exits or dies: 1.
+ * If the yield itself fails: 0, and *yield_rv = the error. */
+int proc_run(long h, uint64_t upcall, uint64_t arg0, uint64_t arg1, long *yield_rv);
+/* Yield to any handle and continue here when someone sends us RESUME
+ * (0), or return the yield's error. */
+long yield_and_resume(long h, uint64_t upcall, uint64_t arg0, uint64_t arg1);
+
 /* Yield to our parent with `upcall` and continue when it sends RESUME. */
 long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1);
 
