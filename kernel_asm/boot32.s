@@ -25,7 +25,7 @@ mb_entry:
     mov al, 0xff                        /* mask the legacy PIC: no interrupts */
     out 0x21, al
     out 0xa1, al
-    mov esi, dword ptr [ebx + 24]       /* mbi->mods_addr */
+    mov esi, dword ptr [ebx + 0x18]       /* mbi->mods_addr */
     mov ecx, dword ptr [esi + 4]        /* mod_end */
     mov esi, dword ptr [esi]            /* mod_start */
     sub ecx, esi

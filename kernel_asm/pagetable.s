@@ -10,38 +10,39 @@
 
 /* WALK root, va, out, tmp, fail: out = KBASE address of the level-1 entry for
  * va in the address space whose PML4 is at physical `root`; jumps to `fail`
- * if a table on the way is missing.  va must be a user address (< 2^47). */
+ * if a table on the way is missing.  va must be a user address (< 2^47).
+ * Index shifts: 39 (0x27), 30 (0x1e), 21 (0x15), 12 (0xc); 511 = 0x1ff. */
 .macro WALK root, va, out, tmp, fail
     mov \out, \va
-    shr \out, 39
+    shr \out, 0x27
     mov \tmp, qword ptr [\root + \out*8 + KBASE]
     test \tmp, 1
     jz \fail
-    and \tmp, -4096
+    and \tmp, -0x1000
     mov \out, \va
-    shr \out, 30
-    and \out, 511
+    shr \out, 0x1e
+    and \out, 0x1ff
     mov \tmp, qword ptr [\tmp + \out*8 + KBASE]
     test \tmp, 1
     jz \fail
-    and \tmp, -4096
+    and \tmp, -0x1000
     mov \out, \va
-    shr \out, 21
-    and \out, 511
+    shr \out, 0x15
+    and \out, 0x1ff
     mov \tmp, qword ptr [\tmp + \out*8 + KBASE]
     test \tmp, 1
     jz \fail
-    and \tmp, -4096
+    and \tmp, -0x1000
     mov \out, \va
-    shr \out, 12
-    and \out, 511
+    shr \out, 0xc
+    and \out, 0x1ff
     lea \out, [\tmp + \out*8 + KBASE]
 .endm
 
 /* PFN reg: the frame number of a page-table entry (drops NX and flag bits). */
 .macro PFN reg
-    shl \reg, 12
-    shr \reg, 24
+    shl \reg, 0xc
+    shr \reg, 0x18
 .endm
 
 /* take_donor: validate the page the caller donates for a new table or root.
@@ -53,7 +54,7 @@ take_donor:
     test r10, 0xfff
     jnz take_einval
     mov rax, r10
-    shr rax, 47
+    shr rax, 0x2f
     jnz take_einval
     WALK r11, r10, r9, rcx, take_enotheld
     mov rax, qword ptr [r9]
@@ -96,13 +97,13 @@ take_commit:
     PFN rax
     mov qword ptr [rax*8 + FRAMES_KVA], rcx
     mov rcx, r11
-    shr rcx, 12
+    shr rcx, 0xc
     dec dword ptr [rcx*8 + FRAMES_KVA]  /* the caller holds one page less */
-    shl rax, 12
+    shl rax, 0xc
     push rax
     lea rdi, [rax + KBASE]
     xor eax, eax
-    mov ecx, 512
+    mov ecx, 0x200
     rep stosq
     pop rax
     ret
@@ -124,10 +125,10 @@ frame_drop:
     cmp byte ptr [rax*8 + FRAMES_TYPE_KVA], FT_DEVICE
     je frame_home
     mov rdi, rax
-    shl rdi, 12
+    shl rdi, 0xc
     add rdi, KBASE
     xor eax, eax
-    mov ecx, 512
+    mov ecx, 0x200
     rep stosq
 frame_home:
     /* The root's window tables always exist (built at boot, never freed):
@@ -135,23 +136,23 @@ frame_home:
     movabs rax, qword ptr [K_ROOT_PHYS]
     mov rdi, rax
     mov rax, qword ptr [rdi + KBASE_WINDOW]
-    and rax, -4096
+    and rax, -0x1000
     mov rcx, rdx
-    shr rcx, 18
+    shr rcx, 0x12
     mov rax, qword ptr [rax + rcx*8 + KBASE]
-    and rax, -4096
+    and rax, -0x1000
     mov rcx, rdx
     shr rcx, 9
-    and ecx, 511
+    and ecx, 0x1ff
     mov rax, qword ptr [rax + rcx*8 + KBASE]
-    and rax, -4096
+    and rax, -0x1000
     mov rcx, rdx
-    and ecx, 511
+    and ecx, 0x1ff
     lea rdi, [rax + rcx*8 + KBASE]      /* the window entry */
     mov rax, rdx
-    shl rax, 12
+    shl rax, 0xc
     or rax, PTE_PWU
-    bts rax, 63                         /* NX */
+    bts rax, 0x3f                         /* NX */
     cmp byte ptr [rdx*8 + FRAMES_TYPE_KVA], FT_DEVICE
     jne frame_home_store
     or rax, PTE_PCD
@@ -159,7 +160,7 @@ frame_home_store:
     mov qword ptr [rdi], rax
     inc dword ptr [rdx*8 + FRAMES_KVA]  /* mapped once: in the window */
     movabs rax, qword ptr [K_ROOT_PHYS]
-    shr rax, 12
+    shr rax, 0xc
     inc dword ptr [rax*8 + FRAMES_KVA]  /* the root holds it */
     pop rdx
     pop rdi
@@ -170,7 +171,7 @@ frame_drop_done:
  * retype it as data held once, and drop that hold.  Clobbers rax, rcx. */
 table_home:
     mov rcx, rax
-    shr rcx, 12
+    shr rcx, 0xc
     push rdx
     movabs rdx, FT_DATA_ONE
     mov qword ptr [rcx*8 + FRAMES_KVA], rdx
@@ -192,7 +193,7 @@ free_table_entry:
     jz free_table_next
     cmp ebp, 1
     je free_table_leaf
-    and rax, -4096
+    and rax, -0x1000
     lea ecx, [rbp - 1]
     call free_table
     jmp free_table_next
@@ -200,7 +201,7 @@ free_table_leaf:
     call frame_drop
 free_table_next:
     inc r12d
-    cmp r12d, 512
+    cmp r12d, 0x200
     jb free_table_entry
     mov rax, rbx
     call table_home

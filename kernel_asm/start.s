@@ -40,7 +40,7 @@ kernel_cs_loaded:
     wrmsr
     movabs rax, qword ptr [BI_LSTAR_KVA]
     mov rdx, rax
-    shr rdx, 32
+    shr rdx, 0x20
     mov ecx, MSR_LSTAR
     wrmsr
     mov ecx, MSR_SFMASK
@@ -50,7 +50,7 @@ kernel_cs_loaded:
     /* swapgs convention: GS base 0 in user mode, KERNEL_GS_BASE = percpu. */
     mov rax, PERCPU0
     mov rdx, rax
-    shr rdx, 32
+    shr rdx, 0x20
     mov ecx, MSR_KERNEL_GS_BASE
     wrmsr
     fxrstor [FPU_CLEAN]

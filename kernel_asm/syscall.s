@@ -19,7 +19,7 @@
     mov \h, qword ptr [\cur + \h*8 + KBASE_SLOT0]
     test \h, PTE_SLOT
     jz \fail
-    and \h, -4096
+    and \h, -0x1000
 .endm
 
 sys_ok0:
@@ -48,7 +48,7 @@ sys_error:
  * MAP(dst_as, dst_va, src_as, src_va, n, flags): share or move n pages.
  */
 sys_map:
-    test r9, -15                        /* flags: only MAP_W | MAP_X | MAP_MOVE */
+    test r9, -0xf                        /* flags: only MAP_W | MAP_X | MAP_MOVE */
     jnz sys_einval
     mov r11, cr3
     test rdi, rdi
@@ -76,22 +76,24 @@ map_src_done:
     test eax, 0xfff
     jnz sys_einval
     mov rcx, r8
-    shl rcx, 12
-    lea rax, [rsi + rcx - 1]
-    shr rax, 47
-    jnz sys_erange
+    shl rcx, 0xc
+    lea rax, [rsi + rcx - 1]            /* both ranges below USER_LIMIT: */
+    shr rax, 0x27                         /* PML4[255] holds the kernel's gate */
+    cmp eax, PML4_GATE
+    jae sys_erange
     lea rax, [r10 + rcx - 1]
-    shr rax, 47
-    jnz sys_erange
+    shr rax, 0x27
+    cmp eax, PML4_GATE
+    jae sys_erange
     /* No destination inside the window range (PML4 index 1): it is where
      * freed frames go home in the root. */
     mov rax, rsi
-    shr rax, 39
+    shr rax, 0x27
     cmp eax, 1
     ja map_checked
     je sys_einval
     lea rax, [rsi + rcx - 1]
-    shr rax, 39
+    shr rax, 0x27
     test eax, eax
     jnz sys_einval
 map_checked:
@@ -113,7 +115,7 @@ map_loop:
 map_w_ok:
     test r9b, MAP_X
     jz map_x_ok
-    bt r12, 63
+    bt r12, 0x3f
     jc map_eperm
 map_x_ok:
     mov rax, r12
@@ -128,9 +130,9 @@ map_type_ok:
     test byte ptr [rbp], PTE_P          /* never overwrite a mapping */
     jnz map_eexist
     mov rcx, r12
-    shl rcx, 12
-    shr rcx, 12
-    and rcx, -4080                      /* frame address and PCD */
+    shl rcx, 0xc
+    shr rcx, 0xc
+    and rcx, -0xff0                      /* frame address and PCD */
     or rcx, PTE_PU
     test r9b, MAP_W
     jz map_ro
@@ -138,7 +140,7 @@ map_type_ok:
 map_ro:
     test r9b, MAP_X
     jnz map_exec
-    bts rcx, 63
+    bts rcx, 0x3f
 map_exec:
     mov qword ptr [rbp], rcx
     test r9b, MAP_MOVE
@@ -149,17 +151,17 @@ map_exec:
     invlpg [r10]
 map_moved:
     mov rcx, rdx
-    shr rcx, 12
+    shr rcx, 0xc
     dec dword ptr [rcx*8 + FRAMES_KVA]  /* the source holds one page less */
     jmp map_count
 map_share:
     inc dword ptr [rax*8 + FRAMES_KVA]  /* one more mapping of the frame */
 map_count:
     mov rcx, rdi
-    shr rcx, 12
+    shr rcx, 0xc
     inc dword ptr [rcx*8 + FRAMES_KVA]  /* the destination holds one more */
-    add rsi, 4096
-    add r10, 4096
+    add rsi, 0x1000
+    add r10, 0x1000
     dec r8
     jnz map_loop
     xor eax, eax
@@ -193,14 +195,15 @@ sys_create:
     lea rax, [rdx - 1]
     cmp rax, 2
     ja sys_einval
-    lea ecx, [rdx + rdx*8 + 12]         /* the region's size: 2^(12 + 9*level) */
+    lea ecx, [rdx + rdx*8 + 0xc]         /* the region's size: 2^(12 + 9*level) */
     mov rax, rsi
     shr rax, cl
     shl rax, cl
     cmp rax, rsi
     jne sys_einval
-    shr rax, 47
-    jnz sys_einval
+    shr rax, 0x27
+    cmp eax, PML4_GATE
+    jae sys_einval
     mov r11, cr3
     test rdi, rdi
     jnz create_slot
@@ -213,27 +216,27 @@ create_slot:
 create_target:
     /* r8 = the entry that will point at the new table */
     mov rax, rsi
-    shr rax, 39
+    shr rax, 0x27
     lea r8, [rdi + rax*8 + KBASE]
     cmp edx, 3
     je create_found
     mov rax, qword ptr [r8]
     test al, 1
     jz sys_enotable
-    and rax, -4096
+    and rax, -0x1000
     mov rcx, rsi
-    shr rcx, 30
-    and ecx, 511
+    shr rcx, 0x1e
+    and ecx, 0x1ff
     lea r8, [rax + rcx*8 + KBASE]
     cmp edx, 2
     je create_found
     mov rax, qword ptr [r8]
     test al, 1
     jz sys_enotable
-    and rax, -4096
+    and rax, -0x1000
     mov rcx, rsi
-    shr rcx, 21
-    and ecx, 511
+    shr rcx, 0x15
+    and ecx, 0x1ff
     lea r8, [rax + rcx*8 + KBASE]
 create_found:
     test byte ptr [r8], PTE_P
@@ -246,7 +249,7 @@ create_found:
     pop rdi
     or rax, PTE_PWU
     mov qword ptr [r8], rax
-    shr rdi, 12
+    shr rdi, 0xc
     inc dword ptr [rdi*8 + FRAMES_KVA]  /* the target holds its new table */
     jmp sys_ok0
 
@@ -259,7 +262,7 @@ sys_as_create:
     cmp rdx, MAX_HANDLES
     jae sys_einval
     mov rax, rsi
-    shr rax, 47
+    shr rax, 0x2f
     jnz sys_einval
     mov r11, cr3
     cmp qword ptr [r11 + rdx*8 + KBASE_SLOT0], 0
@@ -270,12 +273,13 @@ sys_as_create:
     movabs rcx, FT_ROOT_ONE
     call take_commit
     /* The kernel half every address space shares (bootimage.py builds init's
-     * identically): kernel, user window, self-map, entry point, parent. */
+     * identically): kernel, user window, gate, self-map, entry point, parent. */
     mov qword ptr [rax + KBASE_KERNEL], KERNEL_PML4E
     mov qword ptr [rax + KBASE_USERWIN], USERWIN_PML4E
+    mov qword ptr [rax + KBASE_GATE], GATE_PML4E
     mov rcx, rax
     or rcx, PTE_PU
-    bts rcx, 63
+    bts rcx, 0x3f
     mov qword ptr [rax + KBASE_SELF], rcx
     lea rcx, [rsi + rsi]
     mov qword ptr [rax + KBASE_PML4_INFO], rcx
@@ -338,10 +342,11 @@ release_target:
     test esi, 0xfff
     jnz sys_einval
     mov rcx, rdx
-    shl rcx, 12
+    shl rcx, 0xc
     lea rax, [rsi + rcx - 1]
-    shr rax, 47
-    jnz sys_erange
+    shr rax, 0x27
+    cmp eax, PML4_GATE
+    jae sys_erange
     push rbx
     push rdx
     /* rdi root, rsi va, rdx pages left, r11 caller root, rbx entry address */
@@ -356,11 +361,11 @@ release_loop:
     invlpg [rsi]
 release_unmapped:
     mov rcx, rdi
-    shr rcx, 12
+    shr rcx, 0xc
     dec dword ptr [rcx*8 + FRAMES_KVA]  /* the address space holds one less */
     call frame_drop
 release_next:
-    add rsi, 4096
+    add rsi, 0x1000
     dec rdx
     jnz release_loop
     jmp release_out
@@ -369,11 +374,11 @@ release_skip:                           /* no table here: jump to the next 2 MiB
     or rax, 0x1fffff
     inc rax
     sub rax, rsi
-    shr rax, 12
+    shr rax, 0xc
     cmp rax, rdx
     jae release_all
     sub rdx, rax
-    shl rax, 12
+    shl rax, 0xc
     add rsi, rax
     jmp release_loop
 release_all:
@@ -397,7 +402,7 @@ sys_destroy:
     mov rax, qword ptr [r9]
     test eax, PTE_SLOT
     jz sys_ebadh
-    and rax, -4096
+    and rax, -0x1000
     mov qword ptr [r9], 0
     push rbx
     push r12
@@ -418,15 +423,15 @@ destroy_pml4e:
     mov rax, qword ptr [rbx + r12*8 + KBASE]
     test al, 1
     jz destroy_pml4e_next
-    and rax, -4096
+    and rax, -0x1000
     mov ecx, 3
     call free_table
 destroy_pml4e_next:
     inc r12d
-    cmp r12d, 256
+    cmp r12d, 0x100
     jb destroy_pml4e
     mov r12, qword ptr [rbx + KBASE_SLOT1]
-    and r12, -4096                      /* its parent */
+    and r12, -0x1000                      /* its parent */
     mov rax, rbx
     call table_home                     /* the root page itself */
     cmp rbx, r13
@@ -435,7 +440,7 @@ destroy_pml4e_next:
     jmp destroy_visit
 destroy_descend:
     mov qword ptr [rbx + rcx*8 + KBASE_SLOT0], 0
-    and rax, -4096
+    and rax, -0x1000
     mov rbx, rax
     jmp destroy_visit
 destroy_done:

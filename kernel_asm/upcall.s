@@ -13,7 +13,7 @@
  */
 
 exc_common:
-    test byte ptr [rsp + 24], 3         /* from user mode? */
+    test byte ptr [rsp + 0x18], 3         /* from user mode? */
     jz kernel_panic
 exc_user:
     push rax
@@ -84,10 +84,10 @@ exc_dead:
     mov rcx, qword ptr [r8 + KBASE_SLOT1]
     test ecx, PTE_SLOT
     jz root_died
-    and rcx, -4096
-    mov rsi, qword ptr [rsp + 24]       /* vector */
-    mov rdx, qword ptr [rsp + 40]       /* rip */
-    cmp esi, 14
+    and rcx, -0x1000
+    mov rsi, qword ptr [rsp + 0x18]       /* vector */
+    mov rdx, qword ptr [rsp + 0x28]       /* rip */
+    cmp esi, 0xe
     jne exc_dead_rip
     mov rdx, cr2                        /* page fault: the address */
 exc_dead_rip:
@@ -99,7 +99,7 @@ exc_dead_rip:
     jmp upcall_enter
 
 root_died:
-    add rsp, 24                         /* [rsp] = vector, as for a kernel fault */
+    add rsp, 0x18                         /* [rsp] = vector, as for a kernel fault */
 
 /* A fault in the kernel (or the root died): report through the panic port.
  * The VMM decodes the frame at rsp (vector, error, rip, cs, rflags, rsp, ss),

@@ -81,11 +81,26 @@ def test_idt_points_at_stubs_and_gate_is_dpl3(kernel):
         assert (attr >> 5) & 3 == (3 if v == 3 else 0)
 
 
-def test_gate_check_is_one_compare(kernel):
+def test_gate_check_compares_the_frame_rip_with_the_gate(kernel):
     cs = Cs(CS_ARCH_X86, CS_MODE_64)
     at = kernel.symbols["vec3"]
-    first = next(cs.disasm(kernel.image[kernel.offset(at):kernel.offset(at) + 16], at))
-    assert first.mnemonic == "cmp" and f"{abi.GATE_VA + 1 - 2**64:#x}" in first.op_str
+    insns = list(cs.disasm(kernel.image[kernel.offset(at):kernel.offset(at) + 32], at))[:4]
+    assert [i.mnemonic for i in insns] == ["cmp", "jne", "cmp", "je"]
+    assert insns[0].op_str == f"dword ptr [rsp], {(abi.GATE_VA + 1) & 0xFFFFFFFF:#x}"
+    assert insns[2].op_str == f"dword ptr [rsp + 4], {(abi.GATE_VA + 1) >> 32:#x}"
+    assert int(insns[3].op_str, 16) == kernel.symbols["syscall_common"]
+
+
+def test_each_vector_stub_pushes_its_own_number(kernel):
+    """keystone once read `push 14` inside a macro as 0x14."""
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    for v in range(32):
+        if v == 3:
+            continue
+        at = kernel.symbols[f"vec{v}"]
+        insns = list(cs.disasm(kernel.image[kernel.offset(at):kernel.offset(at) + 16], at))
+        pushes = [int(i.op_str, 16) for i in insns[:2] if i.mnemonic == "push"]
+        assert pushes == ([v] if v in kb.VECTORS_WITH_ERROR else [0, v]), v
 
 
 def test_tss_and_percpu(kernel):
@@ -142,4 +157,37 @@ def test_no_operand_adds_two_symbols():
            for f in sorted(paths.KERNEL_SRC.glob("*.s"))
            for n, line in enumerate(f.read_text().splitlines(), 1)
            if not line.lstrip().startswith(("/*", "*", "#")) and pat.search(line.split("/*")[0])]
+    assert not bad, "\n".join(bad)
+
+
+def test_decimal_constants_stay_decimal(kernel):
+    """keystone reads decimal as hex after a .macro; the build expands macros
+    itself.  The page walk must shift by 39/30/21/12 and mask with 511."""
+    insns, _ = code_insns(kernel)
+    ops = {(i.mnemonic, i.op_str.split(", ")[-1]) for i in insns if i.op_str.count(",") == 1}
+    for want in [("shr", "0x27"), ("shr", "0x1e"), ("shr", "0x15"), ("shl", "0xc"),
+                 ("shr", "0x18"), ("and", "0x1ff"), ("and", "0xfffffffffffff000")]:
+        assert want in ops, want
+    assert not {o for o in ops if o[1] in ("0x511", "0x39", "0x47", "0xffffffffffffbf6a")}
+
+
+def test_macro_expansion():
+    text = ".macro M a, bb\n    mov \\a, \\bb\n.endm\nM rax, rbx\n    M rcx, 12\n"
+    assert kb.expand_macros(text).split() == ["mov", "rax,", "rbx", "mov", "rcx,", "12"]
+    with pytest.raises(kb.KernelBuildError):
+        kb.expand_macros(".macro M a\nnop\n.endm\nM 1, 2\n")
+
+
+def test_sources_write_numbers_above_nine_in_hex():
+    """keystone 0.9.2 sometimes reads decimal literals as hex; hex is unambiguous."""
+    import re
+    num = re.compile(r"(?<![\w.$])(\d{2,})(?![\w])")
+    bad = []
+    for f in sorted(paths.KERNEL_SRC.glob("*.s")):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split("/*")[0]
+            if code.strip().startswith(("*", "#")):
+                continue
+            if num.search(code):
+                bad.append(f"{f.name}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)

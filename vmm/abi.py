@@ -30,8 +30,7 @@ BOOTINFO_PHYS = 0x200000        # boot-information page (read-only to init)
 KTABLES_PHYS = 0x201000         # kernel page tables built by the VMM
 FRAMES_PHYS = 0x400000          # the frame table: one u64 per frame
 MIN_RAM = 16 << 20
-MAX_RAM = (2 << 30) - (2 << 20)  # the kernel reaches RAM through KBASE+phys (top 2 GiB,
-                                 # less the last 2 MiB, which holds the gate page)
+MAX_RAM = 2 << 30               # the kernel reaches RAM through KBASE+phys (top 2 GiB)
 
 # Device register pages sit directly above RAM, so the frame table (and the
 # root's window) cover them like any other frame: devices are memory too.
@@ -43,13 +42,16 @@ DEV_PAGES = 16                  # reserved device pages (later issues add NIC/di
 # Virtual layout.
 # --------------------------------------------------------------------------
 USER_TOP = 0x0000_8000_0000_0000        # first non-canonical user address
+PML4_GATE = 255                         # kernel-owned in every AS: the gate page
+USER_LIMIT = PML4_GATE << 39            # users map, create and release below this
 KBASE = 0xFFFF_FFFF_8000_0000           # kernel view: KBASE + phys, phys < 2 GiB
 KERNEL_VIRT = KBASE + KERNEL_PHYS
 PML4_USERWIN = 384                      # user-readable kernel window
 USERWIN_VA = 0xFFFF_C000_0000_0000
-# The PVM syscall gate (a page of int3, R+X, user) sits in the last 2 MiB of the
-# kernel's space, so `cmp [rsp], GATE_VA+1` is a single imm32 compare.
-GATE_VA = 0xFFFF_FFFF_FFE0_0000
+# The PVM syscall gate: a page of int3 (R+X, user, kernel-owned) at the last
+# user page.  It must be in the lower half: on PVM a ring-3 `syscall` jumps to
+# LSTAR truncated to the user half.
+GATE_VA = USER_TOP - PAGE
 FRAMES_VA = USERWIN_VA + 0x20_0000      # frame table, read-only to user
 PML4_INFO = 256                         # non-present PML4 slot: AS entry point << 1
 PML4_HANDLE0 = 256                      # handle h lives in PML4[256 + h], h >= 1
@@ -202,16 +204,18 @@ INITRD_MAGIC = 0x44524E49424D4F58      # "XOMBINRD"
 INITRD_NAME = 32                        # entry: name[32], u64 offset, u64 size
 
 # Kernel page tables built by the VMM at KTABLES_PHYS (offsets of each page).
-KT_PDPT = KTABLES_PHYS + 0x0000     # PML4[511] (P|W|U): 510 -> KT_PD0 (P|W), 511 -> KT_PD1 (P|W|U)
+KT_PDPT = KTABLES_PHYS + 0x0000     # PML4[511] (P|W): 510 -> KT_PD0, 511 -> KT_PD1 (P|W)
 KT_PD0 = KTABLES_PHYS + 0x1000      # phys 0..1 GiB, 2 MiB pages, supervisor, global
-KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB less 2 MiB; entry 511 -> KT_GATE_PT (P|U)
+KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB
 KT_UW_PDPT = KTABLES_PHYS + 0x3000  # PML4[384]: the user window (read-only, user)
-KT_UW_PD = KTABLES_PHYS + 0x4000    # entry 0 -> gate PT, entries 1.. -> frame-table PTs
-KT_GATE_PT = KTABLES_PHYS + 0x5000
+KT_UW_PD = KTABLES_PHYS + 0x4000    # entries 1.. -> frame-table PTs (FRAMES_VA)
+KT_GATE_PT = KTABLES_PHYS + 0x5000  # entry 511 -> KT_GATE (P|U, executable)
 KT_GATE = KTABLES_PHYS + 0x6000     # the gate page: 4096 x int3
 KT_BOOT_PML4 = KTABLES_PHYS + 0x7000  # QEMU boot only: identity [0] + kernel [511]
 KT_BOOT_PDPT = KTABLES_PHYS + 0x8000  # identity PDPT: entry 0 -> KT_PD0
-KT_FT_PT = KTABLES_PHYS + 0x9000    # frame-table PTs follow
+KT_GATE_PDPT = KTABLES_PHYS + 0x9000  # PML4[255] (P|U): entry 511 -> KT_GATE_PD (P|U)
+KT_GATE_PD = KTABLES_PHYS + 0xA000  # entry 511 -> KT_GATE_PT (P|U)
+KT_FT_PT = KTABLES_PHYS + 0xB000    # frame-table PTs follow
 
 # GDT (Linux layout: PVM requires user CS 0x33 from STAR).
 GDT_KCS = 0x10
@@ -266,7 +270,8 @@ def _items():
     # keystone 0.9.2 mis-adds two symbols in one operand ([A + B] -> garbage),
     # so every absolute kernel address the assembly needs is one symbol here.
     out += [("FRAMES_KVA", KBASE + FRAMES_PHYS), ("BOOTINFO_KVA", KBASE + BOOTINFO_PHYS),
-            ("KTABLES_KVA", KBASE + KTABLES_PHYS), ("GATE_RIP_AFTER", GATE_VA + 1),
+            ("KTABLES_KVA", KBASE + KTABLES_PHYS),
+            ("GATE_RIP_LO", (GATE_VA + 1) & 0xFFFFFFFF), ("GATE_RIP_HI", (GATE_VA + 1) >> 32),
             ("FRAMES_TYPE_KVA", KBASE + FRAMES_PHYS + 4),
             ("KBASE_PML4_INFO", KBASE + PML4_INFO * 8),
             ("KBASE_SLOT0", KBASE + PML4_HANDLE0 * 8),
@@ -281,6 +286,8 @@ def _items():
             ("PTE_PU", PTE_P | PTE_U), ("PTE_PWU", PTE_P | PTE_W | PTE_U),
             ("KERNEL_PML4E", KT_PDPT | PTE_P | PTE_W | PTE_U),
             ("USERWIN_PML4E", KT_UW_PDPT | PTE_P | PTE_U),
+            ("GATE_PML4E", KT_GATE_PDPT | PTE_P | PTE_U),
+            ("KBASE_GATE", KBASE + PML4_GATE * 8),
             ("SELF_PT_UPCALL", SELF_PT + (UPCALL_VA >> 12) * 8),
             ("STAR_HI", STAR_VALUE >> 32)]
     out += [(f"BI_{f.upper()}_KVA", KBASE + BOOTINFO_PHYS + i * 8)

@@ -12,7 +12,10 @@ for every label it finds in the sources and reads the addresses back from the
 tail of the output (then drops the tail).  keystone quirks the sources obey:
 never add two symbols in one operand (abi.py precomputes sums), `movabs` only
 with rax for absolute 64-bit loads, no numeric local labels.  Undefined symbols
-are an error here (keystone would silently use 0).  keystone's `.align` and
+are an error here.  keystone's reading of decimal numbers is unreliable (after a
+.macro, or with a symbol resolver set, "47" becomes 0x47), so macros are
+expanded here and the kernel sources write every number above 9 in hex
+(tests/test_kernel_asm.py checks both).  keystone's `.align` and
 `.space` are unreliable in large inputs, hence the data area is built here; and
 `mov r64, [abs]` (r64 != rax) is mis-encoded, so data is reached by `movabs rax`,
 `lgdt`/`lidt`/`fxrstor [abs]` or a register base (tests/test_kernel_asm.py checks
@@ -59,7 +62,7 @@ GDT_FIXED = [0, 0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF,   # null, -, 0x10 KCS
              0x00AFFA000000FFFF, 0]                          # 0x33 user CS64, -
 
 _LABEL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:")
-_MACRO_LABELS = re.compile(r"^\s*(VEC|VEC_ERR)\s+(\d+)\s*$")   # VEC n defines vecN
+VECTORS_WITH_ERROR = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
 
 
 class KernelBuildError(Exception):
@@ -96,13 +99,39 @@ def _labels(text: str) -> list[str]:
         elif s.startswith(".endm"):
             in_macro = False
         elif not in_macro:
-            m = _LABEL.match(line) or None
+            m = _LABEL.match(line)
             if m:
                 out.append(m.group(1))
-            m = _MACRO_LABELS.match(line)
-            if m:
-                out.append(f"vec{m.group(2)}")
     return out
+
+
+_MACRO_DEF = re.compile(r"^\s*\.macro\s+(\w+)\s*(.*?)\s*\n(.*?)^\s*\.endm\s*$", re.M | re.S)
+
+
+def expand_macros(text: str) -> str:
+    """Expand `.macro NAME a, b ... .endm` here, not in keystone: once keystone
+    has seen a .macro it reads every later decimal number as hex."""
+    macros = {}
+
+    def define(m):
+        params = [p.strip() for p in m.group(2).split(",") if p.strip()]
+        macros[m.group(1)] = (params, m.group(3))
+        return ""
+    text = _MACRO_DEF.sub(define, text)
+    out = []
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if words and words[0] in macros:
+            params, body = macros[words[0]]
+            args = [a.strip() for a in words[1].split(",")] if len(words) > 1 else []
+            if len(args) != len(params):
+                raise KernelBuildError(f"macro {words[0]} takes {len(params)} arguments: {line.strip()}")
+            for p, a in sorted(zip(params, args), key=lambda pa: -len(pa[0])):
+                body = body.replace("\\" + p, a)
+            out.append(body.rstrip("\n"))
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _strip_comments(text: str) -> str:
@@ -110,21 +139,32 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 
-def _assemble(text: str, addr: int, mode: int, what: str) -> bytes:
-    ks = Ks(KS_ARCH_X86, mode)
-    missing: list[str] = []
+_WORD = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+_NOT_SYMBOLS = {"byte", "word", "dword", "qword", "ptr", "rip", "offset"}
 
-    def resolver(name, value):          # keystone asks only for undefined symbols
-        missing.append(name.decode() if isinstance(name, bytes) else name)
-        return False
-    ks.sym_resolver = resolver
+
+def _undefined(text: str) -> list[str]:
+    """Names used in operands but never defined (for the error message only)."""
+    defined = set(_labels(text)) | set(re.findall(r"\.equ\s+(\w+)", text))
+    used = set()
+    for line in text.splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2 and not parts[0].startswith(".") and not parts[0].endswith(":"):
+            used |= set(_WORD.findall(parts[1]))
+    regs = re.compile(r"^([re]?[abcd]x|[abcd][lh]|[re]?(si|di|sp|bp)|(si|di|sp|bp)l|"
+                      r"r\d+[bwd]?|[c-gs]s|cr\d|dr\d|xmm\d+)$")
+    return sorted(n for n in used - defined - _NOT_SYMBOLS if not regs.match(n))
+
+
+def _assemble(text: str, addr: int, mode: int, what: str) -> bytes:
+    # No sym_resolver: setting one makes keystone 0.9.2 read decimals as hex.
+    ks = Ks(KS_ARCH_X86, mode)
     try:
         enc, _ = ks.asm(text, addr)
     except KsError as e:
-        where = f" (undefined: {', '.join(sorted(set(missing)))})" if missing else ""
+        missing = _undefined(text) if "SYMBOL_MISSING" in str(e) or "symbol" in str(e) else []
+        where = f" (undefined: {', '.join(missing)})" if missing else ""
         raise KernelBuildError(f"{what}: keystone: {e}{where}") from None
-    if missing:
-        raise KernelBuildError(f"{what}: undefined symbols: {', '.join(sorted(set(missing)))}")
     if not enc:
         raise KernelBuildError(f"{what}: assembled to nothing")
     return bytes(enc)
@@ -145,6 +185,17 @@ def _syscall_table() -> str:
     names = sorted(abi.SYSCALLS, key=abi.SYSCALLS.get)
     return "syscall_table:\n" + "".join(f"    .quad sys_{n.lower()}\n" for n in names) + \
         "kernel_code_end:\n"
+
+
+def _vector_stubs() -> str:
+    """vec0..vec31 but vec3 (entry.s): [rsp] = vector, [rsp+8] = error code."""
+    out = []
+    for v in range(32):
+        if v == 3:
+            continue
+        push_err = "" if v in VECTORS_WITH_ERROR else "    push 0\n"
+        out.append(f"vec{v}:\n{push_err}    push 0x{v:x}\n    jmp exc_common\n")
+    return "".join(out)
 
 
 def _data_symbols() -> dict[str, int]:
@@ -209,9 +260,9 @@ def _patch(img: bytearray, k: KernelImage) -> None:
 def assemble(src_dir: Path, abi_inc: str) -> KernelImage:
     """Assemble both parts and return the patched image (no caching)."""
     data = _data_symbols()
-    text64 = abi_inc + _data_equs(data) + "\n".join(
-        _strip_comments((src_dir / f).read_text()) for f in SOURCES_64)
-    text64 += "\n" + _syscall_table()
+    text64 = _strip_comments(abi_inc) + _data_equs(data) + expand_macros("\n".join(
+        _strip_comments((src_dir / f).read_text()) for f in SOURCES_64))
+    text64 += "\n" + _vector_stubs() + _syscall_table()
     labels = _labels(text64)
     dup = {n for n in labels if labels.count(n) > 1}
     if dup:
