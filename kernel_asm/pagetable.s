@@ -149,13 +149,13 @@ frame_home:
     mov rcx, rdx
     and ecx, 0x1ff
     lea rdi, [rax + rcx*8 + KBASE]      /* the window entry */
-    mov rax, rdx
-    shl rax, 0xc
-    or rax, PTE_PWU
-    bts rax, 0x3f                         /* NX */
+    mov rax, rdx                        /* the root holds free memory with */
+    shl rax, 0xc                        /* every right (R W X): it narrows */
+    or rax, PTE_PWU                     /* them when it hands pages out */
     cmp byte ptr [rdx*8 + FRAMES_TYPE_KVA], FT_DEVICE
     jne frame_home_store
-    or rax, PTE_PCD
+    or rax, PTE_PCD                     /* device registers: uncached, */
+    bts rax, 0x3f                       /* never executable */
 frame_home_store:
     mov qword ptr [rdi], rax
     inc dword ptr [rdx*8 + FRAMES_KVA]  /* mapped once: in the window */
