@@ -8,9 +8,7 @@
 """
 import re
 import shutil
-import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 

@@ -53,6 +53,11 @@ P, W, U, NX, PCD = abi.PTE_P, abi.PTE_W, abi.PTE_U, abi.PTE_NX, abi.PTE_PCD
 USER_RO = U | NX                 # leaf rights (P is added by the builder)
 USER_RW = U | W | NX
 USER_DEV = U | W | NX | PCD
+# Rights of a free frame in the root's window.  Must equal what the kernel's frame_home
+# writes when a frame comes home (pagetable.s: P|W|U|NX, +PCD for a device page).  Note that
+# MAP never amplifies rights, so with NX here no frame from the window can ever be mapped
+# executable (the libOS loader needs X for program text): see the report.
+WINDOW_RIGHTS = USER_RW
 
 
 class ImageError(ValueError):
@@ -473,10 +478,10 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
                              f", RAM is {ram_bytes:#x}")
         win_alloc = FrameAllocator(c * PAGE, first_free * PAGE)
         pt.alloc = win_alloc
-        map_(abi.WINDOW_VA + first_free * PAGE, first_free * PAGE, USER_RW,
+        map_(abi.WINDOW_VA + first_free * PAGE, first_free * PAGE, WINDOW_RIGHTS,
              nframes - first_free, what="window")
-        map_(abi.WINDOW_VA + dev_lo * PAGE, dev_lo * PAGE, USER_DEV, dev_hi - dev_lo,
-             what="window (device pages)")
+        map_(abi.WINDOW_VA + dev_lo * PAGE, dev_lo * PAGE, WINDOW_RIGHTS | PCD,
+             dev_hi - dev_lo, what="window (device pages)")
         pt.alloc = alloc
         spare = first_free - win_alloc.next // PAGE   # frames reserved but unused (rare)
     except MappingError as e:
