@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from vmm import abi, initrd
-from vmm.bootimage import (BOOT_CR0, BOOT_CR4, BOOT_EFER, WINDOW_RIGHTS, ImageError,
-                           build_boot_state, kernel_half, root_count)
+from vmm.bootimage import (BOOT_CR0, BOOT_CR4, BOOT_EFER, WINDOW_DEV_RIGHTS, WINDOW_RIGHTS,
+                           ImageError, build_boot_state, kernel_half, root_count)
 from vmm.pagetable import PhysMem, iter_mappings, walk
 
 P, W, U, NX, PS, PCD, G = (abi.PTE_P, abi.PTE_W, abi.PTE_U, abi.PTE_NX, abi.PTE_PS,
@@ -252,11 +252,11 @@ def check_invariants(state, mem):
     for pfn in range(first_free, nframes):
         m = window.get(pfn)
         assert m is not None and m.va == abi.WINDOW_VA + pfn * PAGE, f"free pfn {pfn:#x}"
-        assert m.rights == WINDOW_RIGHTS and refs[pfn] == 1
+        assert m.rights == WINDOW_RIGHTS == U | W and refs[pfn] == 1   # RWX, as frame_home
     for i in range(abi.DEV_PAGES):
         assert ft[dev + i] == abi.frame_entry(abi.FT_DEVICE, 1)
         if i not in (abi.DEV_CONSOLE_DOORBELL, abi.DEV_PLATFORM):
-            assert window[dev + i].rights == WINDOW_RIGHTS | PCD
+            assert window[dev + i].rights == WINDOW_DEV_RIGHTS == U | W | NX | PCD
     assert set(window) == set(range(first_free, nframes)) | \
         {dev + i for i in range(abi.DEV_PAGES)} - {dev + abi.DEV_CONSOLE_DOORBELL,
                                                    dev + abi.DEV_PLATFORM}
@@ -583,7 +583,7 @@ def test_timing_and_max_ram(elfs, capsys):
     nframes = abi.MAX_RAM // PAGE
     for pfn in (st.bootinfo.first_free_pfn, nframes // 2, nframes - 1):
         w = walk(mem, root, abi.WINDOW_VA + pfn * PAGE)
-        assert w.present and w.pa == pfn * PAGE and w.writable and not w.executable
+        assert w.present and w.pa == pfn * PAGE and w.writable and w.executable
     assert not walk(mem, root, abi.WINDOW_VA + (st.bootinfo.first_free_pfn - 1) * PAGE).present
     runs = list(iter_mappings(mem, root, abi.WINDOW_VA, abi.WINDOW_VA + (1 << 39)))
     assert [(r.va, r.size) for r in runs][0] == \

@@ -17,7 +17,7 @@ Physical layout built here (all from abi.py)::
     FRAMES_PHYS     frame table: nframes RAM + DEV_PAGES device entries   FT_KERNEL
     then            init: PML4 (FT_ROOT), its tables (FT_TABLE 1), its data pages
                     (FT_DATA 1), then the window's tables               -- first_free_pfn
-    first_free ..   free frames, each mapped once in init's window        FT_DATA 1
+    first_free ..   free frames, each mapped once in init's window (RWX)  FT_DATA 1
     ram_bytes ..    DEV_PAGES device pages                                FT_DEVICE 1
 """
 from __future__ import annotations
@@ -53,11 +53,12 @@ P, W, U, NX, PCD = abi.PTE_P, abi.PTE_W, abi.PTE_U, abi.PTE_NX, abi.PTE_PCD
 USER_RO = U | NX                 # leaf rights (P is added by the builder)
 USER_RW = U | W | NX
 USER_DEV = U | W | NX | PCD
-# Rights of a free frame in the root's window.  Must equal what the kernel's frame_home
-# writes when a frame comes home (pagetable.s: P|W|U|NX, +PCD for a device page).  Note that
-# MAP never amplifies rights, so with NX here no frame from the window can ever be mapped
-# executable (the libOS loader needs X for program text): see the report.
-WINDOW_RIGHTS = USER_RW
+# Rights of a free frame in the root's window: every right (R, W, X), exactly what the
+# kernel's frame_home writes when a frame comes home (pagetable.s: P|W|U).  MAP never
+# amplifies rights, so the root must hold free memory executable for anyone to map code;
+# it narrows the rights when it hands pages out.  Device pages: uncached, never executable.
+WINDOW_RIGHTS = U | W
+WINDOW_DEV_RIGHTS = USER_DEV
 
 
 class ImageError(ValueError):
@@ -501,7 +502,7 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
         pt.alloc = win_alloc
         map_(abi.WINDOW_VA + first_free * PAGE, first_free * PAGE, WINDOW_RIGHTS,
              nframes - first_free, what="window")
-        map_(abi.WINDOW_VA + dev_lo * PAGE, dev_lo * PAGE, WINDOW_RIGHTS | PCD,
+        map_(abi.WINDOW_VA + dev_lo * PAGE, dev_lo * PAGE, WINDOW_DEV_RIGHTS,
              dev_hi - dev_lo, what="window (device pages)")
         pt.alloc = alloc
         spare = first_free - win_alloc.next // PAGE   # frames reserved but unused (rare)
