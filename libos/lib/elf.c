@@ -160,7 +160,9 @@ int elf_load(long as, const void *image, uint64_t size, uint64_t *entry, char *e
                 r = mem_ensure_tables(as, va);
             if (r < 0) {
                 page_free_range(XOMB_SCRATCH_VA, n);
-                FAIL("segment %d: no memory for 0x%lx (%s)", i, va, xomb_errname(r));
+                FAIL("segment %d: no frame for 0x%lx: %s", i, va,
+                     r == -XOMB_EPERM ? "no executable frame in the pool (pool pages are NX)"
+                                      : xomb_errname(r));
             }
             fill(image, p, va, n);
             struct xomb_result m = xomb_map(as, va, XOMB_AS_SELF, XOMB_SCRATCH_VA, n,

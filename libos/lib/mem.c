@@ -151,6 +151,7 @@ void mem_forget_handle(long h)
     }
 }
 
+/* The region a table of each level covers (and aligns to). */
 static const uint64_t level_span[4] = { 0, 1UL << 21, 1UL << 30, 1UL << 39 };
 
 /* Create the level-`level` table covering va in `as` from a pool donor. */
@@ -159,7 +160,7 @@ static long create_level(long as, uint64_t va, int level)
     uint64_t donor = pool_find(XOMB_MAP_W);
     if (!donor)
         return -LIBOS_ENOMEM;
-    long r = xomb_create(as, va & ~(level_span[level] * 512 - 1), level, donor);
+    long r = xomb_create(as, va & ~(level_span[level] - 1), level, donor);
     if (r == 0)
         pool_consumed(donor);
     return r;
@@ -198,8 +199,8 @@ long page_alloc_at(long as, uint64_t va, uint64_t rights)
     if (r < 0)
         return r;
     uint64_t src = pool_find(rights | XOMB_MAP_W);
-    if (!src)
-        return -LIBOS_ENOMEM;
+    if (!src)   /* none at all, or none we may map executable */
+        return (rights & XOMB_MAP_X) && pool_find(XOMB_MAP_W) ? -XOMB_EPERM : -LIBOS_ENOMEM;
     struct xomb_result m = xomb_map(as, va, XOMB_AS_SELF, src, 1, rights | XOMB_MAP_MOVE);
     if (m.rv < 0)
         return m.rv;

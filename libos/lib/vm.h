@@ -17,6 +17,12 @@
 #define PAGE_MASK (~(PAGE_SIZE - 1))
 #define PTE_ADDR_OF(e) ((e) & XOMB_PTE_ADDR)
 #define USER_VA_MASK (XOMB_USER_TOP - 1)
+/* Where user mappings end (the kernel keeps PML4[255] for the gate page). */
+#ifdef XOMB_USER_LIMIT
+#define USER_LIMIT XOMB_USER_LIMIT
+#else
+#define USER_LIMIT XOMB_USER_TOP
+#endif
 
 static inline volatile const uint64_t *vm_pml4e(uint64_t va)
 {

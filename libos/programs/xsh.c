@@ -75,7 +75,7 @@ static void print_runs(void)
 {
     uint64_t run_start = 0, run_rights = 0, run_n = 0, prev = 0;
     uint64_t va = 0;
-    while (va < XOMB_USER_TOP) {
+    while (va < USER_LIMIT) {
         int depth = vm_table_depth(va);
         uint64_t e = 0, step = PAGE_SIZE;
         if (depth < 3)
