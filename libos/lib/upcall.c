@@ -54,8 +54,8 @@ void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_ro
         if (h && h(f))
             upcall_resume();
         if (no == XOMB_UP_SYSCALL)
-            printf("%s: unknown system call %ld at rip 0x%lx\n", libos_name,
-                   (long)f->rax, f->rip);
+            printf("%s: unknown system call 0x%lx at rip 0x%lx\n", libos_name,
+                   f->rax, f->rip);
         else
             printf("%s: unhandled %s (vector %lu) at rip 0x%lx, cr2 0x%lx, error 0x%lx\n",
                    libos_name, vector_name(f->vector), f->vector, f->rip, f->cr2, f->error);

@@ -205,7 +205,7 @@ static void describe(char *buf, size_t n, const struct proc_status *st)
         snprintf(buf, n, "%s", xomb_errname(-(long)(st->status - REFUSED)));
     else if (st->status == 128 + XOMB_VEC_SYSCALL)
         snprintf(buf, n, "reflected to the libOS as a SYSCALL upcall");
-    else if (st->status > 128)
+    else if (st->status >= 128)
         snprintf(buf, n, "%s, fault upcall", vector_name((uint64_t)st->status - 128));
     else
         snprintf(buf, n, "status %d", st->status);

@@ -559,6 +559,41 @@ static void test_upcalls(void)
 
 /* ------------------------------------------------------------------ */
 
+/* The libOS's own allocator, on pages from our pool. */
+static void test_malloc(void)
+{
+    char *blocks[64];
+    int ok = 1;
+    for (int i = 0; i < 64; i++) {
+        size_t n = 1 + (size_t)i * 97;
+        blocks[i] = malloc(n);
+        if (!blocks[i]) { ok = 0; break; }
+        memset(blocks[i], i, n);
+    }
+    for (int i = 0; ok && i < 64; i += 2)
+        free(blocks[i]);
+    char *big = ok ? malloc(3 * PAGE_SIZE + 5) : 0;
+    if (big) memset(big, 0x5a, 3 * PAGE_SIZE + 5);
+    for (int i = 1; ok && i < 64; i += 2)
+        for (size_t k = 0; k < 1 + (size_t)i * 97; k++)
+            if (blocks[i][k] != (char)i) { ok = 0; break; }
+    char *r = ok ? realloc(blocks[1], 5000) : 0;
+    ok = ok && big && r && r[97] == 1;
+    char *z = calloc(100, 41);
+    for (int k = 0; ok && z && k < 4100; k++)
+        ok = z[k] == 0;
+    check("libos.malloc", ok && z, "blocks lost their contents or allocation failed");
+    free(z);
+    free(big);
+    free(r);
+    for (int i = 3; i < 64; i += 2)
+        free(blocks[i]);
+    void *again = malloc(64);
+    check("libos.malloc.reuse", again && (uint64_t)again < XOMB_HEAP_VA + 64 * PAGE_SIZE,
+          "freed blocks are not reused");
+    free(again);
+}
+
 static int die_quietly(struct xomb_frame *f)
 {
     exit(128 + (int)f->vector);         /* the parent reports it */
@@ -629,6 +664,7 @@ int main(int argc, char **argv)
     test_tables();
     test_release(bare);
     test_destroy_tree();
+    test_malloc();
     if (nskip)
         printf("sysconf: %d skipped\n", nskip);
     printf("sysconf: %d passed, %d failed\n", npass, nfail);
