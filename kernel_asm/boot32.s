@@ -29,14 +29,15 @@ mb_entry:
     mov ecx, dword ptr [esi + 4]        /* mod_end */
     mov esi, dword ptr [esi]            /* mod_start */
     sub ecx, esi
-    push esi
-    push ecx
+    mov edx, esi
+    add edx, ecx                        /* edx = mod_end */
     mov edi, BOOTINFO_PHYS
     rep movsb
-    pop ecx
-    pop edi
+    mov edi, MB_BSS_END                 /* QEMU's multiboot info and the module */
+    mov ecx, edx                        /* lie in [MB_BSS_END, mod_end): free */
+    sub ecx, edi                        /* frames must be zero */
     xor eax, eax
-    rep stosb                           /* free frames must be zero */
+    rep stosb
     mov eax, cr4
     or eax, 0x6a0                       /* PAE PGE OSFXSR OSXMMEXCPT */
     mov cr4, eax

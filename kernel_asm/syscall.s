@@ -428,7 +428,7 @@ destroy_pml4e:
     call free_table
 destroy_pml4e_next:
     inc r12d
-    cmp r12d, 0x100
+    cmp r12d, PML4_GATE                 /* not the kernel-owned gate tables */
     jb destroy_pml4e
     mov r12, qword ptr [rbx + KBASE_SLOT1]
     and r12, -0x1000                      /* its parent */

@@ -284,7 +284,7 @@ def _items():
             ("FT_TABLE_ONE", frame_entry(FT_TABLE, 1)),
             ("FT_ROOT_ONE", frame_entry(FT_ROOT, 1)),
             ("PTE_PU", PTE_P | PTE_U), ("PTE_PWU", PTE_P | PTE_W | PTE_U),
-            ("KERNEL_PML4E", KT_PDPT | PTE_P | PTE_W | PTE_U),
+            ("KERNEL_PML4E", KT_PDPT | PTE_P | PTE_W),
             ("USERWIN_PML4E", KT_UW_PDPT | PTE_P | PTE_U),
             ("GATE_PML4E", KT_GATE_PDPT | PTE_P | PTE_U),
             ("KBASE_GATE", KBASE + PML4_GATE * 8),
