@@ -6,9 +6,15 @@
  *
  * Loading: for each PT_LOAD segment, the pages it covers are filled in our
  * scratch area (XOMB_SCRATCH_VA: pool frames moved there, zeroed, the file
- * bytes copied in) and then *moved* into the target address space with the
- * segment's rights: R always, W if PF_W, X if PF_X.  The frames leave us;
- * the child holds them.  A segment that is both W and X is refused.
+ * bytes copied in) and then *moved* with the segment's rights: R always, W
+ * if PF_W, X if PF_X.  A segment that is both W and X is refused.
+ *
+ * Writable segments move into the child: each child has its own copy.
+ * Read-only and executable segments move into our *image cache* (a region
+ * of our own, mapped without W) the first time an image is loaded, and
+ * are shared from there with every child that runs it, like a page cache:
+ * text is loaded once, costs one MAP per child, and its frames stay ours
+ * when the child is destroyed.
  */
 #include "elf.h"
 #include "console.h"
@@ -25,6 +31,10 @@
 #define PF_R 4
 #define MAX_PHNUM 64
 #define SCRATCH_PAGES 512       /* one page table's worth at a time */
+/* The image cache: a libOS-private region next to the scratch area. */
+#define CACHE_VA (XOMB_SCRATCH_VA + (1UL << 30))
+#define CACHE_END (XOMB_SCRATCH_VA + (4UL << 30))
+#define CACHE_SLOTS 32
 
 typedef struct {
     unsigned char e_ident[EI_NIDENT];
@@ -133,20 +143,93 @@ static void fill(const char *image, const Elf64_Phdr *p, uint64_t va, uint64_t n
         memcpy(dst + (lo - va), image + p->p_offset + (lo - p->p_vaddr), hi - lo);
 }
 
-int elf_load(long as, const void *image, uint64_t size, uint64_t *entry, char *err, size_t errlen)
+struct cached {
+    const void *image;          /* which archive file ... */
+    int seg;                    /* ... and segment */
+    uint64_t va, pages;         /* where it sits in our cache */
+};
+static struct cached cache[CACHE_SLOTS];
+static int ncached;
+static uint64_t cache_top = CACHE_VA;
+
+/* Load n pages of segment p starting at page va into scratch, then move
+ * them to (as, dst) with rights.  0 or an error. */
+static long load_pages(const char *image, const Elf64_Phdr *p, uint64_t va, uint64_t n,
+                       long as, uint64_t dst, uint64_t rights)
 {
-    if (elf_check(image, size, entry, err, errlen) < 0)
+    long r = page_alloc_range(XOMB_AS_SELF, XOMB_SCRATCH_VA, n,
+                              XOMB_MAP_W | (rights & XOMB_MAP_X));
+    if (r == 0)
+        r = mem_ensure_tables(as, dst);
+    if (r < 0) {
+        page_free_range(XOMB_SCRATCH_VA, n);
+        return r;
+    }
+    fill(image, p, va, n);
+    struct xomb_result m = xomb_map(as, dst, XOMB_AS_SELF, XOMB_SCRATCH_VA, n,
+                                    rights | XOMB_MAP_MOVE);
+    if (m.rv < 0)
+        page_free_range(XOMB_SCRATCH_VA, n);
+    return m.rv;
+}
+
+/* The cached copy of a read-only segment, loading it if needed: its VA or 0. */
+static uint64_t cached_segment(const char *image, int i, const Elf64_Phdr *p, uint64_t pages,
+                               uint64_t rights)
+{
+    for (int k = 0; k < ncached; k++)
+        if (cache[k].image == image && cache[k].seg == i && cache[k].pages == pages)
+            return cache[k].va;
+    if (ncached == CACHE_SLOTS)
+        return 0;
+    /* each segment starts on its own page table: batches never straddle */
+    uint64_t at = (cache_top + (1UL << 21) - 1) & ~((1UL << 21) - 1);
+    if (at + pages * PAGE_SIZE > CACHE_END)
+        return 0;
+    uint64_t va = p->p_vaddr & PAGE_MASK;
+    for (uint64_t done = 0; done < pages;) {
+        uint64_t n = pages - done;
+        if (n > SCRATCH_PAGES) n = SCRATCH_PAGES;
+        if (load_pages(image, p, va + done * PAGE_SIZE, n, XOMB_AS_SELF,
+                       at + done * PAGE_SIZE, rights) < 0) {
+            page_free_range(at, done);
+            return 0;
+        }
+        done += n;
+    }
+    cache[ncached++] = (struct cached){ image, i, at, pages };
+    cache_top = at + pages * PAGE_SIZE;
+    return at;
+}
+
+int elf_load(long as, const void *image, uint64_t size, struct elf_info *info, char *err,
+             size_t errlen)
+{
+    uint64_t entry;
+    if (elf_check(image, size, &entry, err, errlen) < 0)
         return -1;
     const Elf64_Ehdr *eh = image;
     const Elf64_Phdr *ph = phdrs(image);
+    if (info) {
+        info->entry = entry;
+        info->rw_start = info->rw_pages = 0;
+    }
     for (int i = 0; i < eh->e_phnum; i++) {
         const Elf64_Phdr *p = &ph[i];
         if (p->p_type != PT_LOAD)
             continue;
         uint64_t rights = ((p->p_flags & PF_W) ? XOMB_MAP_W : 0)
                         | ((p->p_flags & PF_X) ? XOMB_MAP_X : 0);
-        uint64_t va = p->p_vaddr & PAGE_MASK;
+        uint64_t start = p->p_vaddr & PAGE_MASK;
         uint64_t end = (p->p_vaddr + p->p_memsz + PAGE_SIZE - 1) & PAGE_MASK;
+        uint64_t pages = (end - start) / PAGE_SIZE;
+        uint64_t shared = (rights & XOMB_MAP_W) || as == XOMB_AS_SELF ? 0
+                        : cached_segment(image, i, p, pages, rights);
+        if (rights & XOMB_MAP_W && info && !info->rw_pages) {
+            info->rw_start = start;
+            info->rw_pages = pages;
+        }
+        uint64_t va = start;
         while (va < end) {
             /* A batch: up to the end of the segment, of the destination's
              * page table, and of our scratch window. */
@@ -154,24 +237,21 @@ int elf_load(long as, const void *image, uint64_t size, uint64_t *entry, char *e
             uint64_t to_pt = ((va | ((1UL << 21) - 1)) + 1 - va) / PAGE_SIZE;
             if (n > to_pt) n = to_pt;
             if (n > SCRATCH_PAGES) n = SCRATCH_PAGES;
-            long r = page_alloc_range(XOMB_AS_SELF, XOMB_SCRATCH_VA, n,
-                                      XOMB_MAP_W | (rights & XOMB_MAP_X));
-            if (r == 0)
+            long r;
+            if (shared) {
+                uint64_t from = shared + (va - start);
+                uint64_t to_cpt = ((from | ((1UL << 21) - 1)) + 1 - from) / PAGE_SIZE;
+                if (n > to_cpt) n = to_cpt;
                 r = mem_ensure_tables(as, va);
-            if (r < 0) {
-                page_free_range(XOMB_SCRATCH_VA, n);
-                FAIL("segment %d: no frame for 0x%lx: %s", i, va,
+                if (r == 0)
+                    r = xomb_map(as, va, XOMB_AS_SELF, from, n, rights).rv;
+            } else {
+                r = load_pages(image, p, va, n, as, va, rights);
+            }
+            if (r < 0)
+                FAIL("segment %d: cannot map 0x%lx: %s", i, va,
                      r == -XOMB_EPERM ? "no executable frame in the pool (pool pages are NX)"
                                       : xomb_errname(r));
-            }
-            fill(image, p, va, n);
-            struct xomb_result m = xomb_map(as, va, XOMB_AS_SELF, XOMB_SCRATCH_VA, n,
-                                            rights | XOMB_MAP_MOVE);
-            if (m.rv < 0) {
-                page_free_range(XOMB_SCRATCH_VA, n);
-                FAIL("segment %d: mapping 0x%lx failed: %s", i, va + m.done * PAGE_SIZE,
-                     xomb_errname(m.rv));
-            }
             va += n * PAGE_SIZE;
         }
     }

@@ -309,6 +309,8 @@ long pool_reclaim(long as, uint64_t va, uint64_t n)
         uint64_t src = va + i * PAGE_SIZE;
         struct xomb_result m = xomb_map(XOMB_AS_SELF, hole, as, src, run,
                                         XOMB_MAP_W | XOMB_MAP_X | XOMB_MAP_MOVE);
+        /* what a child leaves in its pages must not reach the next child */
+        memset((void *)hole, 0, m.done * PAGE_SIZE);
         pool.count += m.done;
         got += (long)m.done;
         i += m.done;
@@ -319,6 +321,7 @@ long pool_reclaim(long as, uint64_t va, uint64_t n)
                                              va + i * PAGE_SIZE, 1,
                                              XOMB_MAP_W | XOMB_MAP_MOVE);
             if (m2.rv == 0) {
+                memset((void *)(hole + m.done * PAGE_SIZE), 0, PAGE_SIZE);
                 pool.count++;
                 got++;
             }

@@ -11,9 +11,10 @@
 #include "upcall.h"
 #include "vm.h"
 
-#define DEFAULT_CHILD_POOL 2048         /* 8 MiB */
-#define ROOT_CHILD_POOL_MAX 65536       /* what init gives its shell at most: 256 MiB */
-#define KEEP_FOR_SELF 256
+#define DEFAULT_CHILD_POOL 512          /* 2 MiB: moving a page out costs an invlpg */
+#define ROOT_CHILD_POOL_MAX 4096        /* what init gives its shell at most: 16 MiB */
+#define ROOT_KEEP 256                   /* pages a parent keeps for itself */
+#define CHILD_KEEP 48
 #define MIN_POOL 64
 
 struct proc {
@@ -22,6 +23,7 @@ struct proc {
     int finished;
     uint64_t root;              /* root phys, to recognise upcalls from it */
     uint64_t pool_pages;
+    uint64_t rw_start, rw_pages;        /* its copy of the program's data */
     char name[32];
     struct proc_status st;
 };
@@ -115,7 +117,8 @@ static long share_same(long h, uint64_t va, uint64_t n, uint64_t rights)
 static uint64_t default_pool(uint64_t want)
 {
     uint64_t have = pool_free_pages();
-    uint64_t spare = have > KEEP_FOR_SELF ? have - KEEP_FOR_SELF : 0;
+    uint64_t keep = libos_is_root ? ROOT_KEEP : CHILD_KEEP;
+    uint64_t spare = have > keep ? have - keep : 0;
     if (!want) {
         if (libos_is_root)
             want = spare > ROOT_CHILD_POOL_MAX ? ROOT_CHILD_POOL_MAX : spare;
@@ -160,11 +163,14 @@ long spawn_with(const char *name, char *const argv[], const struct spawn_opts *o
     proc_adopt(h, name, pool_pages);
 
     char lerr[128];
-    if (elf_load(h, image, size, &entry, lerr, sizeof(lerr)) < 0) {
+    struct elf_info info;
+    if (elf_load(h, image, size, &info, lerr, sizeof(lerr)) < 0) {
         long rv = fail(h, -XOMB_EINVAL, "load");
         snprintf(errbuf, sizeof(errbuf), "%s: %s", name, lerr);
         return rv;
     }
+    procs[h].rw_start = info.rw_start;
+    procs[h].rw_pages = info.rw_pages;
     /* Stack (read/write, never executable), activation frame, arguments. */
     uint64_t stack = XOMB_STACK_TOP - XOMB_STACK_PAGES * PAGE_SIZE;
     if ((r = page_alloc_range(h, stack, XOMB_STACK_PAGES, XOMB_MAP_W)) < 0)
@@ -279,6 +285,7 @@ long proc_destroy(long h)
         pool_reclaim(h, XOMB_POOL_VA, p->pool_pages);
         pool_reclaim(h, XOMB_STACK_TOP - XOMB_STACK_PAGES * PAGE_SIZE, XOMB_STACK_PAGES);
         pool_reclaim(h, XOMB_UPCALL_VA, 2);     /* activation frame, argv page */
+        pool_reclaim(h, p->rw_start, p->rw_pages);      /* its data and bss */
     }
     struct xomb_result r = xomb_release(h, 0, 0);
     mem_forget_handle(h);

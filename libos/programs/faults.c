@@ -16,7 +16,7 @@
 
 #define WORKED 99
 #define REFUSED 100
-#define ATTACK_POOL 128
+#define ATTACK_POOL 64
 #define TEST_VA 0x20000000000UL
 #define FORGED 0xf0f0f0f0UL             /* arg1 of a forged CHILD_ERROR */
 

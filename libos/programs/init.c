@@ -60,7 +60,7 @@ int main(int argc, char **argv)
             printf("[init] cannot start xsh: %s\n", spawn_error());
             return 127;
         }
-        return wait(h);
+        return wait_status(h, 0, 0);    /* no need to take it apart: we power off */
     }
 
     printf("XOmB exokernel on %s: %lu MiB RAM, %lu MiB free, 5 system calls\n",
@@ -72,7 +72,7 @@ int main(int argc, char **argv)
         return 127;
     }
     platform_boot_timer();
-    int status = wait(h);
+    int status = wait_status(h, 0, 0);
     printf("[init] shell exited (status %d), powering off\n", status);
     return status;
 }

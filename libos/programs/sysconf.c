@@ -18,7 +18,7 @@
 #define DEMAND_VA (TEST_VA + 0x100000)
 #define MAILBOX_VA 0x9000UL             /* in a child: a page we share with it */
 #define MAILBOX_MAGIC 0x584f424c49414dULL
-#define ROLE_POOL 256
+#define ROLE_POOL 64
 
 static int npass, nfail, nskip;
 
