@@ -102,9 +102,20 @@ map_checked:
     push r12
     push r8
     /* rdi dst root, rsi dst va, rdx src root, r10 src va, r8 pages left,
-     * r9 flags, r11 caller root; rbx/rbp src/dst entry addresses, r12 entry */
+     * r9 flags, r11 caller root; rbx/rbp src/dst entry addresses, r12 entry.
+     * The tables are walked once per 2 MiB: within one page table the next
+     * entry is simply 8 bytes on (rbx/rbp = 0 means "not walked yet"). */
+    xor ebx, ebx
+    xor ebp, ebp
 map_loop:
+    test rbx, rbx
+    jz map_walk_src
+    add rbx, 8
+    test r10d, 0x1ff000
+    jnz map_src_ready
+map_walk_src:
     WALK rdx, r10, rbx, rax, map_enotheld
+map_src_ready:
     mov r12, qword ptr [rbx]
     test r12b, PTE_P
     jz map_enotheld
@@ -126,7 +137,14 @@ map_x_ok:
     cmp ecx, FT_DEVICE
     jne map_etype
 map_type_ok:
+    test rbp, rbp
+    jz map_walk_dst
+    add rbp, 8
+    test esi, 0x1ff000
+    jnz map_dst_ready
+map_walk_dst:
     WALK rdi, rsi, rbp, rcx, map_enotable
+map_dst_ready:
     test byte ptr [rbp], PTE_P          /* never overwrite a mapping */
     jnz map_eexist
     mov rcx, r12
@@ -350,8 +368,16 @@ release_target:
     push rbx
     push rdx
     /* rdi root, rsi va, rdx pages left, r11 caller root, rbx entry address */
+    xor ebx, ebx                        /* walked once per 2 MiB, as in MAP */
 release_loop:
+    test rbx, rbx
+    jz release_walk
+    add rbx, 8
+    test esi, 0x1ff000
+    jnz release_ready
+release_walk:
     WALK rdi, rsi, rbx, rax, release_skip
+release_ready:
     mov rax, qword ptr [rbx]
     test al, 1
     jz release_next

@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import struct
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -245,7 +246,7 @@ def cmd_boot(args, t_start) -> int:
 def cmd_run(args, t_start) -> int:
     if args.cpus != 1:
         raise CliError(f"--cpus {args.cpus}: only 1 vCPU is supported for now")
-    cmdline = " ".join([args.program, *args.args])
+    cmdline = shlex.join([args.program, *args.args])     # xsh understands the quoting
     if len(cmdline.encode()) >= abi.CMDLINE_MAX:
         raise CliError(f"command line too long ({len(cmdline)} bytes, max {abi.CMDLINE_MAX - 1})")
     boot = _boot_state(args, cmdline=cmdline, run_mode=1)
