@@ -332,6 +332,14 @@ class Vcpu:
             d.arch.debugreg[i] = v
         _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_GUEST_DEBUG, d), "KVM_SET_GUEST_DEBUG")
 
+    def get_vcpu_events(self):
+        e = ffi.new("struct kvm_vcpu_events *")
+        _check(lib.xomb_ioctl(self.fd, lib.KVM_GET_VCPU_EVENTS, e), "KVM_GET_VCPU_EVENTS")
+        return e
+
+    def set_vcpu_events(self, events):
+        _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_VCPU_EVENTS, events), "KVM_SET_VCPU_EVENTS")
+
     def get_tsc_khz(self) -> int:
         return _check(lib.xomb_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0), "KVM_GET_TSC_KHZ")
 

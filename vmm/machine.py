@@ -33,6 +33,10 @@ from devices.console import Console, ConsoleIO
 from devices.platform import Platform
 
 
+# Pseudo exception number given to debug handlers for a `hlt` exit (pc = the hlt).
+EXC_HLT = 256
+
+
 class MachineError(Exception):
     """The machine cannot be built as asked (one-line message)."""
 
@@ -70,6 +74,20 @@ class Machine:
         self.stop_reason = ""
         self.t_first_run = 0.0
         self.debug_hook = None          # callable(machine) -> bool (True: keep running)
+        # Guest debugging is shared (debugger, syscall trace, instruction counter): each user
+        # asks through set_debug(owner, ...) and gets KVM_EXIT_DEBUG through debug_handlers,
+        # callables(machine, exception, pc, dr6) -> True if the exit was theirs.
+        self.debug_handlers: list = []
+        self._debug_owners: dict[str, tuple[bool, bool]] = {}
+        self._debug_control = 0
+        self._debug_control_key = (0, (0,) * 8)
+        self.device_exits: dict[str, int] = {}
+        self.stats["device_exits"] = self.device_exits
+        self._pause_req = False
+        self._paused = threading.Event()
+        self._run_cond = threading.Condition()
+        self._in_loop = False
+        self.on_park = None             # callable(machine) when the vCPU parks (debugger)
         self._stop_status: int | None = None
         self._stop_lock = threading.Lock()
         self._mmio: dict[int, object] = {}
@@ -171,10 +189,98 @@ class Machine:
             self.stop_reason = reason
         if self.vcpu is not None:
             kick(self.vcpu)     # immediate_exit (+ a signal if from another thread)
+        with self._run_cond:        # a parked vCPU wakes up to stop
+            self._run_cond.notify_all()
 
     @property
     def stopping(self) -> bool:
         return self._stop_status is not None
+
+    # ------------------------------------------------ guest debug and pausing
+    def set_debug(self, owner: str, singlestep: bool = False, sw_breakpoints: bool = False,
+                  hw_breakpoints=()) -> None:
+        """Ask for single-step, software-breakpoint and hardware-breakpoint (DR0..3 execute
+        addresses) exits on behalf of `owner`; the vCPU gets the union of every owner's
+        request (KVM_SET_GUEST_DEBUG).  Call from the vCPU thread or while the vCPU is paused
+        (or before run).  set_debug(owner) withdraws.  Exits arrive at debug_handlers."""
+        hw_breakpoints = tuple(hw_breakpoints)
+        if singlestep or sw_breakpoints or hw_breakpoints:
+            self._debug_owners[owner] = (singlestep, sw_breakpoints, hw_breakpoints)
+        else:
+            self._debug_owners.pop(owner, None)
+        ss = any(o[0] for o in self._debug_owners.values())
+        bp = any(o[1] for o in self._debug_owners.values())
+        hw = [a for o in self._debug_owners.values() for a in o[2]][:4]
+        control = 0
+        dr = [0] * 8
+        if ss or bp or hw:
+            control = lib.KVM_GUESTDBG_ENABLE
+            if ss:
+                control |= lib.KVM_GUESTDBG_SINGLESTEP
+            if bp:
+                control |= lib.KVM_GUESTDBG_USE_SW_BP
+            if hw:
+                control |= lib.KVM_GUESTDBG_USE_HW_BP
+                for i, a in enumerate(hw):
+                    dr[i] = a
+                    dr[7] |= 1 << (2 * i)       # Li, execute, length 1
+        key = (control, tuple(dr))
+        if key != self._debug_control_key and self.vcpu is not None:
+            self.vcpu.set_guest_debug(control, dr)
+            self._debug_control_key = key
+        self._debug_control = control
+
+    def reinject_exception(self, vector: int) -> None:
+        """Deliver a #BP/#DB that KVM intercepted for the debugger to the guest, as if
+        no debugger were attached (KVM_SET_VCPU_EVENTS; rip still at the int3)."""
+        ev = self.vcpu.get_vcpu_events()
+        ev.exception.injected = 1
+        ev.exception.nr = vector
+        ev.exception.has_error_code = 0
+        ev.exception.pending = 0
+        ev.exception.error_code = 0
+        ev.flags = 0
+        self.vcpu.set_vcpu_events(ev)
+
+    def pause(self, timeout: float = 5.0) -> bool:
+        """Stop the vCPU (from another thread) and wait until it is parked, with any
+        pending I/O completed, so its registers can be read and written."""
+        if not self._in_loop:
+            return self._paused.is_set() or not self._started
+        self._pause_req = True
+        if self.vcpu is not None and not self._paused.is_set():
+            kick(self.vcpu)
+        return self._paused.wait(timeout)
+
+    def request_pause(self) -> None:
+        """From the vCPU thread (a debug handler): park after this exit."""
+        self._pause_req = True
+
+    def resume(self, timeout: float = 5.0) -> bool:
+        """Let a paused vCPU run again; waits until it has left the park."""
+        with self._run_cond:
+            self._pause_req = False
+            self._run_cond.notify_all()
+            if threading.get_ident() == getattr(self.vcpu, "thread_ident", None):
+                return True
+            return self._run_cond.wait_for(lambda: not self._paused.is_set(), timeout)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def _park(self):
+        self._paused.set()
+        if self.on_park is not None:
+            try:
+                self.on_park(self)
+            except Exception:
+                pass
+        with self._run_cond:
+            while self._pause_req and self._stop_status is None:
+                self._run_cond.wait(0.5)
+            self._paused.clear()
+            self._run_cond.notify_all()
 
     def snapshot(self) -> CpuSnapshot:
         return snapshot(self.vcpu)
@@ -243,7 +349,15 @@ class Machine:
         names = {}
         self.t_first_run = time.perf_counter()
         first = True
+        reason = None
+        self._in_loop = True
         while self._stop_status is None:
+            if self._pause_req:
+                if reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_DEBUG):
+                    self._park()            # state consistent: no I/O half done
+                    reason = None
+                    continue
+                vcpu.immediate_exit = 1     # complete pending I/O, then park
             try:
                 reason = vcpu.run()
             except KvmError as exc:
@@ -263,6 +377,7 @@ class Machine:
                 self._emit(traceback.format_exc())
                 self._fail(self.STATUS_VMM_ERROR,
                            f"VMM error while handling a {name} exit: {type(exc).__name__}: {exc}")
+        self._in_loop = False
         if self._stop_status in (self.STATUS_TIMEOUT,):
             self.dump(self.stop_reason)
 
@@ -293,6 +408,8 @@ class Machine:
         addr, n, write = m.phys_addr, m.len, m.is_write
         page, off = divmod(addr - self.ram_bytes, abi.PAGE)
         dev = self._mmio.get(page) if addr >= self.ram_bytes else None
+        if dev is not None:
+            self.device_exits[dev.name] = self.device_exits.get(dev.name, 0) + 1
         if dev is None:
             what = "write to" if write else "read from"
             self._fail(self.STATUS_VMM_ERROR, f"MMIO {what} unmapped guest-physical "
@@ -305,6 +422,11 @@ class Machine:
             ffi.buffer(m.data, n)[:] = bytes(data[:n]).ljust(n, b"\0")
 
     def _exit_hlt(self, reason):
+        if self.debug_handlers:         # a debugger's `hlt` breakpoint (PVM: int3 is not emulated)
+            pc = self.vcpu.get_regs().rip - 1
+            for h in list(self.debug_handlers):
+                if h(self, EXC_HLT, pc, 0):
+                    return
         self._fail(self.STATUS_HALTED, "guest halted (hlt with no interrupt source)")
 
     def _exit_shutdown(self, reason):
@@ -325,9 +447,17 @@ class Machine:
                    [f"suberror {e.suberror}, data [{data}]"])
 
     def _exit_debug(self, reason):
+        d = self.vcpu.debug.arch
+        for h in list(self.debug_handlers):
+            if h(self, d.exception, d.pc, d.dr6):
+                return
         if self.debug_hook is not None and self.debug_hook(self):
             return
-        d = self.vcpu.debug.arch
+        if d.exception == 3 and self._debug_control & lib.KVM_GUESTDBG_USE_SW_BP:
+            self.reinject_exception(3)      # the guest's own int3 (PVM syscall gate...)
+            return
+        if d.exception == 1 and self._debug_control & lib.KVM_GUESTDBG_SINGLESTEP:
+            return                          # a step nobody claimed: keep running
         self._fail(self.STATUS_VMM_ERROR, "debug exit (no debugger attached)",
                    [f"exception {d.exception} pc {d.pc:#x} dr6 {d.dr6:#x} dr7 {d.dr7:#x}"])
 
