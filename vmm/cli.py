@@ -3,6 +3,7 @@
     xomb-vmm boot [--mem SIZE] [--cpus N] [--kernel FILE] [--boot-stats]
     xomb-vmm run PROGRAM [ARGS...]      run one program non-interactively, exit with its status
     xomb-vmm build                      build the kernel and the programs
+    xomb-vmm bench [--quick] [--json FILE] [--plot FILE.png]   exokernel vs Linux (docs/PERFORMANCE.md)
 
 Every known error prints one line `xomb-vmm: <message>` on stderr, exit code 2.
 """
@@ -54,6 +55,12 @@ def fmt_size(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
     return str(n)
+
+
+def check_cpus(n: int) -> int:
+    if not 1 <= n <= abi.MAX_CPUS:
+        raise CliError(f"--cpus {n}: between 1 and {abi.MAX_CPUS}")
+    return n
 
 
 def check_mem(text: str) -> int:
@@ -198,26 +205,88 @@ def _boot_state(args, cmdline: str, run_mode: int):
     from vmm.bootimage import build_boot_state
     return build_boot_state(kernel, built.programs, ram_bytes=ram,
                             host=hostinfo.host_type(), cmdline=cmdline, run_mode=run_mode,
-                            tsc_khz=hostinfo.tsc_khz(args.kvm_device))
+                            tsc_khz=hostinfo.tsc_khz(args.kvm_device),
+                            ncpus=getattr(args, "cpus", 1))
 
 
 def _run_machine(args, boot, interactive: bool, t_start: float) -> int:
     from vmm.machine import Machine
     from vmm import terminal
-    io, term = terminal.stdio_console(interactive)
-    machine = Machine(boot, console=io, cpus=args.cpus, kvm_path=args.kvm_device, t_start=t_start)
+    from vmm import inspect_cli
+    tools_box: list = []
+    hook = inspect_cli.monitor_hook(lambda: tools_box[0].inspector if tools_box else None) \
+        if getattr(args, "console", False) else None
+    io, term = terminal.stdio_console(interactive, on_monitor=hook)
+    devices = _disk_devices(args)
+    machine = Machine(boot, console=io, cpus=args.cpus, kvm_path=args.kvm_device, t_start=t_start,
+                      devices=devices)
     try:
+        tools_box.append(inspect_cli.setup(args, machine))     # --console/--control/--gdb
         if interactive and term.is_tty:
             terminal.hint()
         with term:
             status = machine.run()
     finally:
+        if tools_box:
+            tools_box[0].close()
         machine.close()
     if status in (machine.STATUS_QUIT, machine.STATUS_TERM):
         sys.stderr.write(f"\nxomb-vmm: {machine.stop_reason}\n")
     if args.boot_stats:
         print_stats(machine.stats, sys.stderr)
     return status
+
+
+def _disk_devices(args) -> list:
+    if not getattr(args, "disk", None):
+        return []
+    from devices.disk import Disk
+    try:
+        return [Disk(args.disk)]
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--disk {args.disk}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def cmd_mkfs(args, t_start) -> int:
+    from vmm import xofs
+    try:
+        ns = xofs.mkfs(args.image, parse_size(args.size), args.namespaces)
+    except (xofs.FsError, OSError) as exc:
+        raise CliError(f"mkfs {args.image}: {exc}") from None
+    print(f"{args.image}: {len(ns)} namespaces of {ns[0][1]} blocks ({fmt_size(ns[0][1] * 4096)})")
+    return 0
+
+
+def cmd_fs(args, t_start) -> int:
+    from vmm import xofs
+    op, rest = args.op, args.paths
+    need = {"ls": (0, 1), "cat": (1, 1), "put": (2, 2), "get": (2, 2), "rm": (1, 1),
+            "mkdir": (1, 1), "check": (0, 0)}
+    if op not in need or not need[op][0] <= len(rest) <= need[op][1]:
+        raise CliError(f"fs: usage: fs IMAGE [--ns N] ls [PATH] | cat PATH | put HOSTFILE PATH"
+                       f" | get PATH HOSTFILE | rm PATH | mkdir PATH | check")
+    try:
+        with xofs.Fs.open(args.image, args.ns, write=op in ("put", "rm", "mkdir")) as fs:
+            if op == "ls":
+                for name, t, size in fs.listdir(rest[0] if rest else "/"):
+                    print(f"{name}/" if t == abi.FS_DIR else f"{name:<32} {size:>10}")
+            elif op == "cat":
+                sys.stdout.buffer.write(fs.read(rest[0]))
+            elif op == "put":
+                fs.write(rest[1], Path(rest[0]).read_bytes())
+            elif op == "get":
+                Path(rest[1]).write_bytes(fs.read(rest[0]))
+            elif op == "rm":
+                fs.remove(rest[0])
+            elif op == "mkdir":
+                fs.mkdir(rest[0])
+            elif op == "check":
+                bad = fs.check()
+                print("\n".join(bad) if bad else f"clean (generation {fs.gen})")
+                return 1 if bad else 0
+    except (xofs.FsError, OSError) as exc:
+        raise CliError(f"fs {args.image}: {exc}") from None
+    return 0
 
 
 def print_stats(stats: dict, stream) -> None:
@@ -237,15 +306,13 @@ def print_stats(stats: dict, stream) -> None:
 
 
 def cmd_boot(args, t_start) -> int:
-    if args.cpus != 1:
-        raise CliError(f"--cpus {args.cpus}: only 1 vCPU is supported for now")
+    check_cpus(args.cpus)
     boot = _boot_state(args, cmdline="", run_mode=0)
     return _run_machine(args, boot, interactive=True, t_start=t_start)
 
 
 def cmd_run(args, t_start) -> int:
-    if args.cpus != 1:
-        raise CliError(f"--cpus {args.cpus}: only 1 vCPU is supported for now")
+    check_cpus(args.cpus)
     cmdline = shlex.join([args.program, *args.args])     # xsh understands the quoting
     if len(cmdline.encode()) >= abi.CMDLINE_MAX:
         raise CliError(f"command line too long ({len(cmdline)} bytes, max {abi.CMDLINE_MAX - 1})")
@@ -268,6 +335,14 @@ def cmd_build(args, t_start) -> int:
     return 0
 
 
+def cmd_bench(args, t_start) -> int:
+    from vmm import bench
+    try:
+        return bench.main(args)
+    except bench.BenchError as exc:
+        raise CliError(f"bench: {exc}") from None
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xomb-vmm", description="The XOmB exokernel on KVM.")
     p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH",
@@ -279,21 +354,48 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--mem", default=DEFAULT_MEM, metavar="SIZE",
                         help=f"guest RAM, e.g. 128M or 1G (default {DEFAULT_MEM}, "
                              f"{fmt_size(abi.MIN_RAM)}..{fmt_size(abi.MAX_RAM)})")
-        sp.add_argument("--cpus", type=int, default=1, metavar="N", help="vCPUs (only 1 for now)")
+        sp.add_argument("--cpus", type=int, default=1, metavar="N",
+                        help=f"vCPUs, 1 to {abi.MAX_CPUS} (one VMM thread each)")
         sp.add_argument("--kernel", metavar="FILE", help="a prebuilt flat kernel image (FILE.map beside it)")
         sp.add_argument("--kvm-device", default=argparse.SUPPRESS, metavar="PATH",
                         help="the KVM device (default /dev/kvm)")
         sp.add_argument("--boot-stats", action="store_true",
                         help="print the boot timer and VM-exit counts to stderr")
+        sp.add_argument("--disk", metavar="FILE",
+                        help="a disk image (xomb-vmm mkfs): one virtual function per namespace")
 
     b = sub.add_parser("boot", help="boot the exokernel with an interactive console")
     common(b)
+    from vmm import inspect_cli
+    inspect_cli.add_boot_args(b)
+    inspect_cli.add_attach_parser(sub)
     b.set_defaults(func=cmd_boot)
     r = sub.add_parser("run", help="run PROGRAM [ARGS...] and exit with its status")
     common(r)
     r.add_argument("program")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
+    be = sub.add_parser("bench", help="benchmark the exokernel against Linux on this host")
+    be.add_argument("--quick", action="store_true", help="fewer rounds and iterations")
+    be.add_argument("--rounds", type=int, default=None, metavar="N", help="rounds (default 9, quick 3)")
+    be.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    be.add_argument("--kernel", metavar="FILE", help="a prebuilt flat kernel image (FILE.json beside it)")
+    be.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
+    be.add_argument("--kvm-device", default=argparse.SUPPRESS, metavar="PATH",
+                    help="the KVM device (default /dev/kvm)")
+    be.set_defaults(func=cmd_bench)
+    mk = sub.add_parser("mkfs", help="create a disk image with empty XOFS namespaces")
+    mk.add_argument("image")
+    mk.add_argument("--size", default="64M", metavar="SIZE", help="image size (default 64M)")
+    mk.add_argument("--namespaces", type=int, default=4, metavar="N",
+                    help="namespaces = disk VFs (default 4)")
+    mk.set_defaults(func=cmd_mkfs)
+    fsp = sub.add_parser("fs", help="files in a disk image: ls, cat, put, get, rm, mkdir, check")
+    fsp.add_argument("image")
+    fsp.add_argument("--ns", type=int, default=0, metavar="N", help="namespace (default 0)")
+    fsp.add_argument("op")
+    fsp.add_argument("paths", nargs="*")
+    fsp.set_defaults(func=cmd_fs)
     bl = sub.add_parser("build", help="build the kernel and the programs")
     bl.set_defaults(func=cmd_build)
     return p

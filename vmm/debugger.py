@@ -12,8 +12,12 @@ How a breakpoint is made depends on the host (KVM_CHECK_EXTENSION and the boot i
   before the guest sees the #BP); a guest #BP that is not ours (a user's own int3) is
   re-injected by the machine.  ``hbreak`` uses DR0..DR3 (KVM_GUESTDBG_USE_HW_BP).
 * PVM (this project's CI): ring-0 code is emulated and the emulator fails on ``int3``, and a
-  ring-3 int3 is never reported to the VMM.  Kernel breakpoints are a patched ``hlt``
-  instead (one byte, changes no state, exits as KVM_EXIT_HLT; the VMM puts rip back).  There
+  ring-3 int3 is never reported to the VMM.  Kernel breakpoints are a patched ``out dx, al``
+  instead (one byte, changes no register, exits as KVM_EXIT_IO; the VMM completes the write
+  without giving it to any device and puts rip back).  (``hlt`` would do too, but with the
+  in-kernel LAPIC a hlt never reaches the VMM.)  Weakness: if dx happens to hold a port of
+  the in-kernel PIC (0x20/0x21/0xa0/0xa1/0x4d0/0x4d1) KVM absorbs the write and the
+  breakpoint is missed (and the instruction under it skipped).  There
   are no hardware breakpoints (GUEST_DEBUG_HW_BPS = 0), so ``hbreak`` falls back to the same
   patch and says so.  Breakpoints in user code are refused on PVM (step into it instead).
 
@@ -33,7 +37,7 @@ from vmm import pagetable
 from vmm.kvm import lib
 
 OWNER = "debugger"
-HLT, INT3 = 0xF4, 0xCC
+HLT, INT3, OUT_DX_AL = 0xF4, 0xCC, 0xEE
 
 
 class DebugError(Exception):
@@ -83,7 +87,7 @@ class Debugger:
             self.hw_slots = machine.kvm.check_extension(lib.KVM_CAP_GUEST_DEBUG_HW_BPS)
         except Exception:
             self.hw_slots = 0
-        self.patch = HLT if self.pvm else INT3
+        self.patch = OUT_DX_AL if self.pvm else INT3
         self.bps: dict[int, Breakpoint] = {}
         self._next_id = 1
         self._patched: dict[int, int] = {}     # pa -> original byte
@@ -105,7 +109,7 @@ class Debugger:
         """What works on this host, and how (for `help`, docs and the gdb stub)."""
         return {
             "host": "PVM" if self.pvm else "VMX/SVM",
-            "sw_breakpoints": "patched hlt (kernel code only)" if self.pvm else "int3 + USE_SW_BP",
+            "sw_breakpoints": "patched `out dx, al` (kernel code only)" if self.pvm else "int3 + USE_SW_BP",
             "hw_breakpoints": (f"{self.hw_slots} debug registers" if self.hw_slots and not self.pvm
                                else "none (GUEST_DEBUG_HW_BPS=0): hbreak = patched breakpoint"),
             "single_step": "KVM_GUESTDBG_SINGLESTEP",
@@ -196,7 +200,7 @@ class Debugger:
                 pa = self.translate(va)
                 if pa is None:
                     raise DebugError(f"{va:#x} is not mapped in the current address space")
-            method = "hlt" if self.pvm else "int3"
+            method = "out" if self.pvm else "int3"
             note = ""
             if kind == "hbreak":
                 if self.hw_slots and not self.pvm and va is not None and len(self._hw_list()) < 4:
@@ -328,7 +332,24 @@ class Debugger:
 
     # ------------------------------------------------------------ exits (vCPU thread)
     def _on_debug(self, m, exc, pc, dr6) -> bool:
-        if exc in (3, 256):                         # int3 (VMX) / hlt (PVM, EXC_HLT)
+        if exc == 257:                              # `out dx, al` (PVM): complete, rewind
+            for cand in (pc - 1, pc):
+                pa = self.translate(cand)
+                if pa is not None and pa in self._patched:
+                    break
+            else:
+                return False
+            pc = cand
+            m.vcpu.immediate_exit = 1               # finish the port write (no device sees it)
+            try:
+                m.vcpu.run()
+            finally:
+                m.vcpu.immediate_exit = 0
+            regs = m.vcpu.get_regs()
+            regs.rip = pc
+            m.vcpu.set_regs(regs)
+            return self._hit(pa, pc, regs)
+        if exc in (3, 256):                         # int3 (VMX) / hlt (EXC_HLT)
             pa = self.translate(pc)
             if pa is None or pa not in self._patched:
                 return False

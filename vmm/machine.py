@@ -35,6 +35,9 @@ from devices.platform import Platform
 
 # Pseudo exception number given to debug handlers for a `hlt` exit (pc = the hlt).
 EXC_HLT = 256
+# ... and for a one-byte port write (`out dx, al`; pc = rip at the exit, which is the
+# instruction on VMX and the one after it on PVM).
+EXC_OUT = 257
 
 
 class MachineError(Exception):
@@ -59,8 +62,14 @@ class Machine:
                  kvm_path: str = DEFAULT_PATH, devices=(), log=None, t_start: float | None = None):
         t_init = time.perf_counter()
         self.t_start = t_start if t_start is not None else t_init     # "VMM start"
-        if cpus != 1:
-            raise MachineError(f"--cpus {cpus}: only 1 vCPU is supported for now")
+        boot_cpus = getattr(boot, "cpus", None) or [boot.cpu]
+        if not 1 <= cpus <= len(boot_cpus):
+            raise MachineError(f"--cpus {cpus}: the boot state describes {len(boot_cpus)} "
+                               f"CPU(s) (between 1 and {abi.MAX_CPUS})")
+        self.ncpus = cpus
+        self._tls = threading.local()   # which vCPU this thread runs (exit handlers)
+        self.vcpus: list = []
+        self._ap_threads: list = []
         ram = boot.ram_bytes
         if ram % abi.PAGE or not abi.MIN_RAM <= ram <= abi.MAX_RAM:
             raise MachineError(f"guest RAM {ram:#x} must be a multiple of 4 KiB between "
@@ -123,8 +132,16 @@ class Machine:
         self.devices = [self.console, self.platform, *devices]
         for d in self.devices:
             d.attach(self)
-        self.vcpu = self.vm.create_vcpu(0)
-        setup_boot_vcpu(self.kvm, self.vcpu, boot.cpu)
+        # The in-kernel local APIC gives each CPU its tick and the TLB-shootdown
+        # IPIs (x2APIC); it must exist before the vCPUs.
+        if getattr(boot.bootinfo, "timer_count", 0) or self.ncpus > 1:
+            self.vm.create_irqchip()
+        cpus = getattr(boot, "cpus", None) or [boot.cpu]
+        for i in range(self.ncpus):
+            v = self.vm.create_vcpu(i)
+            v.index = i
+            setup_boot_vcpu(self.kvm, v, cpus[i])
+            self.vcpus.append(v)
         self._dispatch = {
             lib.KVM_EXIT_IO: self._exit_io,
             lib.KVM_EXIT_MMIO: self._exit_mmio,
@@ -187,14 +204,29 @@ class Machine:
                 return
             self._stop_status = status
             self.stop_reason = reason
-        if self.vcpu is not None:
-            kick(self.vcpu)     # immediate_exit (+ a signal if from another thread)
+        for v in list(self.vcpus):
+            kick(v)             # immediate_exit (+ a signal if from another thread)
         with self._run_cond:        # a parked vCPU wakes up to stop
             self._run_cond.notify_all()
 
     @property
     def stopping(self) -> bool:
         return self._stop_status is not None
+
+    @property
+    def vcpu(self):
+        """The vCPU of the calling vCPU thread (exit handlers), else the boot vCPU."""
+        v = getattr(self._tls, "vcpu", None)
+        return v if v is not None else (self.vcpus[0] if self.vcpus else None)
+
+    @vcpu.setter
+    def vcpu(self, value):
+        if value is None:
+            self.vcpus = []
+        elif self.vcpus:
+            self.vcpus[0] = value
+        else:
+            self.vcpus = [value]
 
     # ------------------------------------------------ guest debug and pausing
     def set_debug(self, owner: str, singlestep: bool = False, sw_breakpoints: bool = False,
@@ -327,10 +359,17 @@ class Machine:
         try:
             for d in self.devices:
                 d.start()
-            self._loop()
+            for v in self.vcpus[1:]:    # one thread per vCPU; the boot vCPU runs here
+                t = threading.Thread(target=self._loop, args=(v,), daemon=True,
+                                     name=f"vcpu{v.index}")
+                self._ap_threads.append(t)
+                t.start()
+            self._loop(self.vcpus[0])
         finally:
             if timer is not None:
                 done.set()
+            for t in self._ap_threads:
+                t.join(timeout=5)
             for d in reversed(self.devices):
                 try:
                     d.stop()
@@ -342,8 +381,12 @@ class Machine:
         self.stats["console"] = dict(self.console.stats)
         return self._stop_status
 
-    def _loop(self):
-        vcpu = self.vcpu
+    def _loop(self, vcpu=None):
+        vcpu = vcpu or self.vcpus[0]
+        self._tls.vcpu = vcpu
+        vcpu.thread_ident = threading.get_ident()
+        if vcpu is not self.vcpus[0]:
+            return self._loop_ap(vcpu)
         counts = self.exit_counts
         dispatch = self._dispatch
         names = {}
@@ -381,12 +424,37 @@ class Machine:
         if self._stop_status in (self.STATUS_TIMEOUT,):
             self.dump(self.stop_reason)
 
+    def _loop_ap(self, vcpu):
+        """An application processor: the same exits, no pausing or first-exit stats."""
+        counts, dispatch = self.exit_counts, self._dispatch
+        while self._stop_status is None:
+            try:
+                reason = vcpu.run()
+            except KvmError as exc:
+                self._fail(self.STATUS_VMM_ERROR, f"KVM_RUN failed on vCPU {vcpu.index}: {exc}")
+                break
+            name = exit_name(reason)
+            with self._stop_lock:
+                counts[name] = counts.get(name, 0) + 1
+            try:
+                dispatch.get(reason, self._exit_unexpected)(reason)
+            except Exception as exc:
+                import traceback
+                self._emit(traceback.format_exc())
+                self._fail(self.STATUS_VMM_ERROR, f"VMM error on vCPU {vcpu.index} handling "
+                           f"a {name} exit: {type(exc).__name__}: {exc}")
+
     # ------------------------------------------------------------------ exits
     def _exit_intr(self, reason):
         self.vcpu.immediate_exit = 0
 
     def _exit_io(self, reason):
         io = self.vcpu.io
+        if self.debug_handlers and io.direction == lib.KVM_EXIT_IO_OUT and io.size == 1:
+            rip = self.vcpu.get_regs().rip     # a debugger's `out dx, al` breakpoint (PVM)
+            for h in list(self.debug_handlers):
+                if h(self, EXC_OUT, rip, 0):
+                    return
         port, out = io.port, io.direction == lib.KVM_EXIT_IO_OUT
         data = self.vcpu.io_data()
         if port == abi.PANIC_PORT and out:

@@ -31,9 +31,10 @@ HELP = ("\r\nxomb-vmm console escapes:\r\n"
 class EscapeFilter:
     """Scans input for Ctrl-A sequences (state kept across reads)."""
 
-    def __init__(self, on_help=None):
+    def __init__(self, on_help=None, on_monitor=None):
         self.pending = False
         self.on_help = on_help
+        self.on_monitor = on_monitor        # Ctrl-A c: the inspection console (--console)
 
     def feed(self, data: bytes) -> bytes:
         """Return the bytes for the guest; raise ConsoleQuit on Ctrl-A x."""
@@ -44,6 +45,9 @@ class EscapeFilter:
                 c = chr(b).lower()
                 if c == "x":
                     raise ConsoleQuit()
+                if c == "c" and self.on_monitor is not None:
+                    self.on_monitor()
+                    continue
                 if c == "h" or c == "?":
                     if self.on_help:
                         self.on_help()
@@ -62,9 +66,9 @@ class EscapeFilter:
 class EscapeSource:
     """An input source with the Ctrl-A escape."""
 
-    def __init__(self, inner, on_help=None):
+    def __init__(self, inner, on_help=None, on_monitor=None):
         self.inner = inner
-        self.filter = EscapeFilter(on_help)
+        self.filter = EscapeFilter(on_help, on_monitor)
 
     def read(self, timeout: float) -> bytes | None:
         d = self.inner.read(timeout)
@@ -119,7 +123,8 @@ class Terminal:
         return False
 
 
-def stdio_console(interactive: bool, in_fd: int = 0, out_fd: int = 1) -> tuple[ConsoleIO, Terminal]:
+def stdio_console(interactive: bool, in_fd: int = 0, out_fd: int = 1,
+                  on_monitor=None) -> tuple[ConsoleIO, Terminal]:
     """ConsoleIO over stdin/stdout and the Terminal to enter around the run.
 
     interactive: a TTY stdin is put in raw mode with the Ctrl-A escape.
@@ -130,7 +135,8 @@ def stdio_console(interactive: bool, in_fd: int = 0, out_fd: int = 1) -> tuple[C
     if term.is_tty and not interactive:
         src = None
     elif term.is_tty:
-        src = EscapeSource(FdSource(in_fd), on_help=lambda: os.write(2, HELP.encode()))
+        src = EscapeSource(FdSource(in_fd), on_help=lambda: os.write(2, HELP.encode()),
+                           on_monitor=on_monitor)
     else:
         src = FdSource(in_fd)
     return ConsoleIO(FdSink(out_fd), src), term
