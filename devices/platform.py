@@ -6,6 +6,8 @@ MMIO page `ram_bytes + DEV_PLATFORM*4096`, handled in Python on exit (rare):
     +PLAT_BOOT_TIMER  any write: the guest reached its prompt; the time since
                       VMM start goes to machine.stats['boot_to_prompt_ms']
                       (Firecracker's boot-timer device, same idea)
+    +PLAT_MARK        u32 write: benchmark mark op | id << 8, passed to
+                      machine.mark_handler(op, id) if set (vmm/bench.py)
 
 Reads return 0.
 """
@@ -34,6 +36,11 @@ class Platform(Device):
             m.stats["boot_to_prompt_ms"] = (now - m.t_start) * 1000.0
             m.stats["first_run_to_prompt_ms"] = ((now - m.t_first_run) * 1000.0
                                                  if m.t_first_run else None)
+        elif offset == abi.PLAT_MARK:
+            value = int.from_bytes(bytes(data[:4]), "little")
+            handler = getattr(m, "mark_handler", None)     # vmm/bench.py sets it
+            if handler is not None:
+                handler(value & 0xFF, value >> 8)
         else:
             m.stats.setdefault("platform_unknown_writes", 0)
             m.stats["platform_unknown_writes"] += 1

@@ -157,6 +157,7 @@ UPCALLS = {
     "START": 8,         # libOS protocol from here on: first entry
     "EXIT": 9,          # child exits; arg0 = status
     "RESUME": 10,       # CPU given back
+    "POOL": 11,         # child's pool ran dry: arg0 = pages wanted, arg1 = where (its pool)
 }
 UP_USER_MIN = 8
 VEC_SYSCALL = 256           # frame.vector for a reflected syscall
@@ -177,6 +178,9 @@ BOOTINFO_FIELDS = ["magic", "version", "host", "ram_bytes", "nframes",
                    "dev_pfn", "root_phys", "lstar", "iomap_base",
                    "initrd_size", "console_out_pfn", "console_in_pfn",
                    "tsc_khz", "run_mode", "first_free_pfn", "reserved"]
+RUN_SHELL = 0                           # bootinfo.run_mode: interactive shell
+RUN_COMMAND = 1                         # run the command line through xsh -c
+RUN_BENCH = 2                           # init shares the platform page with `bench` (cmdline)
 BOOTINFO_CMDLINE = 256                  # offset of a NUL-terminated command line
 CMDLINE_MAX = 1024
 
@@ -194,6 +198,12 @@ RING_SIZE = 2048
 # Platform device page (MMIO): write-only registers.
 PLAT_EXIT = 0           # u32 status: power off, VMM exits with it
 PLAT_BOOT_TIMER = 8     # any write: the guest reached its prompt (boot timer)
+PLAT_MARK = 16          # u32 write: benchmark mark, op | (id << 8) (vmm/bench.py)
+MARK_PHASE_BEGIN = 1    # phase `id` starts: the VMM snapshots exit counts and time
+MARK_PHASE_END = 2      # phase `id` ends
+MARK_COUNT_BEGIN = 3    # count window `id`: the VMM single-steps and counts instructions
+MARK_COUNT_END = 4
+MARK_ROUND = 5          # round `id` of the guest benchmarks begins (host round runs now)
 
 # Ports (ring 0 on every host; ring 3 only under the QEMU platform).
 PANIC_PORT = 0x501      # kernel: out dx=PANIC_PORT, al=vector -> VMM dumps state

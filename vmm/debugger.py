@@ -97,6 +97,7 @@ class Debugger:
         self._stepover_pa: int | None = None
         self._hw_off = False
         self.last_stop: StopEvent | None = None
+        self._pending_stop: StopEvent | None = None
         self._stop_seq = 0
         self._stop_cond = threading.Condition()
         self.stop_listeners: list = []          # callables(StopEvent), on the vCPU thread
@@ -328,7 +329,10 @@ class Debugger:
                 pass
 
     def _on_park(self, machine):
-        pass
+        """The vCPU is parked: publish the stop that parked it (state now readable)."""
+        ev, self._pending_stop = self._pending_stop, None
+        if ev is not None:
+            self._note_stop(ev)
 
     # ------------------------------------------------------------ exits (vCPU thread)
     def _on_debug(self, m, exc, pc, dr6) -> bool:
@@ -390,7 +394,7 @@ class Debugger:
             self._mode = "cont"
             self.m.request_pause()
             self._apply_debug(False)
-            self._note_stop(StopEvent("breakpoint", pc, visible[0].id))
+            self._pending_stop = StopEvent("breakpoint", pc, visible[0].id)
             return True
         # Internal only: step over it and keep going (or keep stepping).
         if pa is not None:
@@ -412,7 +416,7 @@ class Debugger:
                 self._mode = "cont"
                 self._apply_debug(False)
                 self.m.request_pause()
-                self._note_stop(StopEvent("step", regs.rip))
+                self._pending_stop = StopEvent("step", regs.rip)
                 return True
             pa = self.translate(regs.rip)
             if pa is not None and pa in self._patched:

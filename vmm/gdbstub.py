@@ -85,6 +85,7 @@ class GdbStub:
         self._buf = b""
         self._ack = True
         self._zbps: dict[tuple[int, int], int] = {}
+        self.cur = 0                        # vCPU whose registers g/G/p/P use (Hg)
         self.thread = threading.Thread(target=self._serve, name="gdbstub", daemon=True)
 
     def start(self):
@@ -221,8 +222,12 @@ class GdbStub:
                 return self._stop_reply(interrupted=True)
 
     # ------------------------------------------------------------ registers
+    def _vcpu(self):
+        vs = getattr(self.m, "vcpus", None) or [self.m.vcpu]
+        return vs[self.cur if self.cur < len(vs) else 0]
+
     def _read_regs(self) -> bytes:
-        v = self.m.vcpu
+        v = self._vcpu()
         r, s = v.get_regs(), v.get_sregs()
         out = bytearray()
         for name, size in LAYOUT:
@@ -242,7 +247,7 @@ class GdbStub:
     def _write_reg(self, idx: int, raw: bytes):
         name, size = LAYOUT[idx]
         val = int.from_bytes(raw[:size], "little")
-        v = self.m.vcpu
+        v = self._vcpu()
         if name in GPR64 or name == "eflags":
             r = v.get_regs()
             setattr(r, "rflags" if name == "eflags" else name, val)
@@ -355,10 +360,16 @@ class GdbStub:
             return self._resume_and_wait(False)
         if p.startswith("s") or p.startswith("S"):
             return self._resume_and_wait(True)
-        if p.startswith("H") or p.startswith("T"):
+        if p.startswith("Hg"):                      # one thread per vCPU: 1 = vCPU 0
+            t = int(p[2:], 16) if p[2:] not in ("", "-1") else 1
+            self.cur = max(t - 1, 0)
             return "OK"
+        if p.startswith("H"):
+            return "OK"
+        if p.startswith("T"):
+            return "OK" if int(p[1:], 16) - 1 < self._nvcpus() else "E01"
         if p == "qfThreadInfo":
-            return "m" + ",".join(f"{i + 1:x}" for i in range(len(getattr(self.m, "vcpus", [0])) or 1))
+            return "m" + ",".join(f"{i + 1:x}" for i in range(self._nvcpus()))
         if p == "qsThreadInfo":
             return "l"
         if p == "qC":
@@ -366,7 +377,8 @@ class GdbStub:
         if p == "qAttached":
             return "1"
         if p.startswith("qThreadExtraInfo"):
-            return b"vCPU 0".hex()
+            t = int(p.split(",")[1], 16)
+            return f"vCPU {t - 1}".encode().hex()
         if p.startswith("qRcmd,"):
             return self._monitor(bytes.fromhex(p[6:]).decode(errors="replace"))
         if p.startswith("D"):
@@ -375,6 +387,9 @@ class GdbStub:
             self.m.request_stop(self.m.STATUS_QUIT, "killed by gdb")
             return "OK"
         return ""
+
+    def _nvcpus(self) -> int:
+        return len(getattr(self.m, "vcpus", None) or [0])
 
     def _monitor(self, line: str) -> str:
         from vmm.console_ui import Commands

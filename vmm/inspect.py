@@ -104,15 +104,13 @@ class Inspector:
         found = None
         syms = getattr(self.m.boot, "symbols", {})
         for prog in self._program_symbols():
-            a = syms.get(f"{prog}:_start")
+            a = syms.get(f"{prog}:main", syms.get(f"{prog}:_start"))     # crt0 is shared
             if a is None:
                 continue
-            mine = self.dbg.read_virt(a, 32, cr3)
+            mine = self.dbg.read_virt(a, 64, cr3)
             if not mine:
                 continue
-            for other in self._program_symbols():
-                pass
-            ref = self._elf_bytes(prog, a, 32)
+            ref = self._elf_bytes(prog, a, 64)
             if ref is not None and ref == mine:
                 found = prog
                 break
@@ -314,7 +312,7 @@ class Inspector:
         return {"pfn": pfn, "type": FT_NAMES.get(t, str(t)), "count": e & abi.FT_COUNT_MASK}
 
     # ------------------------------------------------------------ page tables
-    def pt(self, root=None, lo: int = 0, hi: int = abi.USER_TOP, kernel: bool = False) -> dict:
+    def pt(self, root=None, lo: int = 0, hi: int = 1 << 48, kernel: bool = False) -> dict:
         """The page-table tree of an address space.  Tables are regions (PDPT 512 GiB, PD
         1 GiB, PT 2 MiB); leaves fold into runs (contiguous va and pa, identical flags incl.
         A/D); handle slots and the entry-point word are shown; a table also reachable from

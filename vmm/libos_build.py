@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vmm import abi, paths
 
-PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults")
+PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench")
 
 CC = os.environ.get("XOMB_CC", "gcc")
 

@@ -93,6 +93,7 @@ class Machine:
         self.device_exits: dict[str, int] = {}
         self.stats["device_exits"] = self.device_exits
         self._pause_req = False
+        self._parked_n = 0
         self._paused = threading.Event()
         self._run_cond = threading.Condition()
         self._in_loop = False
@@ -280,13 +281,19 @@ class Machine:
         if not self._in_loop:
             return self._paused.is_set() or not self._started
         self._pause_req = True
-        if self.vcpu is not None and not self._paused.is_set():
-            kick(self.vcpu)
+        if not self._paused.is_set():
+            for v in list(self.vcpus):
+                kick(v)
         return self._paused.wait(timeout)
 
     def request_pause(self) -> None:
-        """From the vCPU thread (a debug handler): park after this exit."""
+        """From a vCPU thread (a debug handler): park after this exit; the other vCPUs
+        are kicked so that every vCPU stops."""
         self._pause_req = True
+        me = threading.get_ident()
+        for v in list(self.vcpus):
+            if v.thread_ident != me:
+                kick(v)
 
     def resume(self, timeout: float = 5.0) -> bool:
         """Let a paused vCPU run again; waits until it has left the park."""
@@ -302,15 +309,21 @@ class Machine:
         return self._paused.is_set()
 
     def _park(self):
-        self._paused.set()
-        if self.on_park is not None:
-            try:
-                self.on_park(self)
-            except Exception:
-                pass
+        """Park this vCPU; when every vCPU is parked the machine is paused."""
+        with self._run_cond:
+            self._parked_n += 1
+            last = self._parked_n >= len(self.vcpus)
+        if last:
+            self._paused.set()
+            if self.on_park is not None:
+                try:
+                    self.on_park(self)
+                except Exception:
+                    pass
         with self._run_cond:
             while self._pause_req and self._stop_status is None:
                 self._run_cond.wait(0.5)
+            self._parked_n -= 1
             self._paused.clear()
             self._run_cond.notify_all()
 
@@ -425,9 +438,16 @@ class Machine:
             self.dump(self.stop_reason)
 
     def _loop_ap(self, vcpu):
-        """An application processor: the same exits, no pausing or first-exit stats."""
+        """An application processor: the same exits and pausing, no first-exit stats."""
         counts, dispatch = self.exit_counts, self._dispatch
+        reason = None
         while self._stop_status is None:
+            if self._pause_req:             # pause every vCPU (console, debugger)
+                if reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_DEBUG):
+                    self._park()
+                    reason = None
+                    continue
+                vcpu.immediate_exit = 1
             try:
                 reason = vcpu.run()
             except KvmError as exc:

@@ -31,6 +31,13 @@ upcall_handler_t set_syscall_handler(upcall_handler_t h)
     return old;
 }
 
+static app_upcall_t app_handler;
+
+void set_app_upcall_handler(app_upcall_t h)
+{
+    app_handler = h;
+}
+
 const char *vector_name(uint64_t v)
 {
     static const char *const names[] = {
@@ -61,5 +68,7 @@ void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_ro
                    libos_name, vector_name(f->vector), f->vector, f->rip, f->cr2, f->error);
         exit(128 + (int)f->vector);
     }
+    if (no >= UPCALL_APP_MIN && app_handler)
+        app_handler(no, arg0, arg1, from_root);
     process_upcall(no, arg0, arg1, from_root);
 }

@@ -14,6 +14,12 @@ typedef int (*upcall_handler_t)(struct xomb_frame *f);
 upcall_handler_t set_fault_handler(upcall_handler_t h);     /* returns the old one */
 upcall_handler_t set_syscall_handler(upcall_handler_t h);
 
+/* Upcall numbers >= UPCALL_APP_MIN belong to the program (a protocol between
+ * its own address spaces): they go to this handler; it never returns. */
+#define UPCALL_APP_MIN 32
+typedef void (*app_upcall_t)(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root);
+void set_app_upcall_handler(app_upcall_t h);
+
 /* "#PF", "#GP", ... ; "syscall" for XOMB_VEC_SYSCALL. */
 const char *vector_name(uint64_t vector);
 
