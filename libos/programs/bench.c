@@ -1,0 +1,238 @@
+/* bench: the guest half of `xomb-vmm bench` (vmm/bench.py).
+ *
+ *   bench [-r ROUNDS] [-q] NAME...      run the named benchmarks
+ *   bench --partner                     (internal) the other address space
+ *
+ * init starts us in run mode XOMB_RUN_BENCH and shares its platform page
+ * with us at XOMB_PLATFORM_VA: we write XOMB_PLAT_MARK there to tell the VMM
+ * what we are doing (op | id << 8, id = position of the benchmark in argv):
+ *
+ *   ROUND r          round r begins; the VMM runs its Linux round now, so
+ *                    guest and host rounds interleave
+ *   PHASE_BEGIN/END  around each timed loop: the VMM counts exits per reason
+ *   COUNT_BEGIN/END  around ONE operation: the VMM single-steps it and
+ *                    counts kernel, gate and user instructions exactly
+ *
+ * Times are rdtsc cycles measured here; each result is one console line
+ *   @r ID ROUND CYCLES ITERS
+ * which the VMM converts with the TSC frequency.  A new row is a function
+ * here plus a descriptor in vmm/bench.py.
+ */
+#include "xomb.h"
+
+#define APP_PING (UPCALL_APP_MIN + 0)
+#define BENCH_VA 0x20000000000UL                   /* 2 TiB: nobody else maps here */
+#define SHARE_SRC (BENCH_VA + 0x200000)            /* our page to share */
+#define SHARE_DST (BENCH_VA + 0x400000)            /* where the partner gets it */
+#define FAULT_VA (BENCH_VA + 0x40000000)           /* demand-paged region */
+
+static int quick;
+static long partner = -1;
+static volatile int counting;
+
+static inline void mark(unsigned op, unsigned id)
+{
+    *(volatile uint32_t *)(XOMB_PLATFORM_VA + XOMB_PLAT_MARK) = op | (id << 8);
+}
+
+/* --- the operations (count != 0: mark exactly one of them) ------------- */
+
+static void op_null(unsigned id, int count)
+{
+    if (count)
+        mark(XOMB_MARK_COUNT_BEGIN, id);
+    xomb_map(XOMB_AS_SELF, 0, XOMB_AS_SELF, 0, 0, 0);
+    if (count)
+        mark(XOMB_MARK_COUNT_END, id);
+}
+
+static void op_share(unsigned id, int count)
+{
+    if (count)
+        mark(XOMB_MARK_COUNT_BEGIN, id);
+    xomb_map(partner, SHARE_DST, XOMB_AS_SELF, SHARE_SRC, 1, XOMB_MAP_W);
+    xomb_release(partner, SHARE_DST, 1);
+    if (count)
+        mark(XOMB_MARK_COUNT_END, id);
+}
+
+static uint64_t fault_next;
+
+static int fault_handler(struct xomb_frame *f)
+{
+    if (f->vector != 14 || f->cr2 < FAULT_VA || f->cr2 >= FAULT_VA + (1UL << 30))
+        return 0;
+    long r = page_alloc_at(XOMB_AS_SELF, f->cr2 & PAGE_MASK, XOMB_MAP_W);
+    if (r < 0)
+        printf("bench: demand paging at 0x%lx: %s (pte 0x%lx)\n", f->cr2, xomb_errname(r),
+               vm_pte(f->cr2));
+    return r == 0;
+}
+
+static void op_fault(unsigned id, int count)
+{
+    volatile char *p = (volatile char *)fault_next;
+    fault_next += PAGE_SIZE;
+    if (count)
+        mark(XOMB_MARK_COUNT_BEGIN, id);
+    *p = 1;
+    if (count)
+        mark(XOMB_MARK_COUNT_END, id);
+}
+
+static void op_yield(unsigned id, int count)
+{
+    if (count)
+        mark(XOMB_MARK_COUNT_BEGIN, id);
+    yield_and_resume(partner, APP_PING, 0, 0);
+    if (count)
+        mark(XOMB_MARK_COUNT_END, id);
+}
+
+static const char line64[] =
+    "console throughput: 64 bytes per line .........................\n";
+
+static void op_console(unsigned id, int count)
+{
+    platform_putc_raw(line64, sizeof(line64) - 1);
+}
+
+/* --- the table ---------------------------------------------------------- */
+
+struct bench {
+    const char *name;
+    void (*op)(unsigned id, int count);
+    uint64_t iters, quick_iters;
+    int countable;
+};
+
+static const struct bench benches[] = {
+    { "null",    op_null,    400, 100, 1 },
+    { "share",   op_share,   200,  50, 1 },
+    { "fault",   op_fault,   200,  50, 1 },
+    { "yield",   op_yield,   200,  50, 1 },
+    { "console", op_console, 2048, 512, 0 },
+};
+#define NBENCH (sizeof(benches) / sizeof(benches[0]))
+
+static const struct bench *find(const char *name)
+{
+    for (unsigned i = 0; i < NBENCH; i++)
+        if (strcmp(benches[i].name, name) == 0)
+            return &benches[i];
+    return 0;
+}
+
+/* Undo what a loop of the fault benchmark mapped (not timed). */
+static void fault_reset(void)
+{
+    page_free_range(FAULT_VA, (fault_next - FAULT_VA) / PAGE_SIZE);
+    fault_next = FAULT_VA;
+}
+
+static uint64_t run(const struct bench *b, unsigned id, uint64_t n)
+{
+    if (b->op == op_fault)
+        fault_reset();
+    uint64_t t0 = rdtsc();
+    for (uint64_t i = 0; i < n; i++)
+        b->op(id, 0);
+    if (b->op == op_console)
+        platform_console_drain();
+    uint64_t t = rdtsc() - t0;
+    return t;
+}
+
+/* --- the partner address space ----------------------------------------- */
+
+static void partner_upcall(uint64_t no, uint64_t a0, uint64_t a1, uint64_t from)
+{
+    for (;;)
+        xomb_yield(XOMB_AS_PARENT, XOMB_UP_RESUME, 0, 0);
+}
+
+static int partner_main(void)
+{
+    set_app_upcall_handler(partner_upcall);
+    partner_upcall(0, 0, 0, 0);
+    return 0;
+}
+
+static int setup(void)
+{
+    char *pargv[] = { "bench", "--partner", 0 };
+    struct spawn_opts o = { .pool_pages = 64, .flags = 0 };
+    partner = spawn_with("bench", pargv, &o);
+    if (partner < 0) {
+        printf("bench: cannot start the partner: %s\n", spawn_error());
+        return -1;
+    }
+    long r = yield_and_resume(partner, XOMB_UP_START, 0, 0);
+    if (r < 0)
+        return (int)r;
+    if ((r = page_alloc_at(XOMB_AS_SELF, SHARE_SRC, XOMB_MAP_W)) < 0
+        || (r = mem_ensure_tables(partner, SHARE_DST)) < 0
+        || (r = mem_ensure_tables(XOMB_AS_SELF, FAULT_VA)) < 0) {
+        printf("bench: setup failed: %s\n", xomb_errname(r));
+        return -1;
+    }
+    *(volatile char *)SHARE_SRC = 1;
+    fault_next = FAULT_VA;
+    set_fault_handler(fault_handler);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--partner") == 0)
+        return partner_main();
+    if (!vm_mapped(XOMB_PLATFORM_VA)) {
+        printf("bench: no platform page: run me with `xomb-vmm bench`\n");
+        return 2;
+    }
+    unsigned rounds = 3;
+    const struct bench *list[32];
+    unsigned ids[32], n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-q") == 0) {
+            quick = 1;
+        } else if (strcmp(argv[i], "-r") == 0 && i + 1 < argc) {
+            rounds = (unsigned)atoi(argv[++i]);
+        } else if (n < 32) {
+            const struct bench *b = find(argv[i]);
+            if (!b) {
+                printf("bench: unknown benchmark %s\n", argv[i]);
+                return 2;
+            }
+            ids[n] = (unsigned)i;
+            list[n++] = b;
+        }
+    }
+    if (setup() < 0)
+        return 1;
+    for (unsigned k = 0; k < n; k++)                /* warm up */
+        run(list[k], ids[k], 4);
+    for (unsigned r = 0; r < rounds; r++) {
+        mark(XOMB_MARK_ROUND, r);
+        for (unsigned k = 0; k < n; k++) {
+            uint64_t iters = quick ? list[k]->quick_iters : list[k]->iters;
+            mark(XOMB_MARK_PHASE_BEGIN, ids[k]);
+            uint64_t t = run(list[k], ids[k], iters);
+            mark(XOMB_MARK_PHASE_END, ids[k]);
+            printf("@r %u %u %lu %lu\n", ids[k], r, t, iters);
+        }
+    }
+    for (unsigned k = 0; k < n; k++) {              /* exact instruction counts */
+        if (!list[k]->countable)
+            continue;
+        if (list[k]->op == op_fault)
+            fault_reset();
+        list[k]->op(ids[k], 0);                     /* warm: tables, caches */
+        for (int t = 0; t < 3; t++)                 /* the VMM keeps the smallest: */
+            list[k]->op(ids[k], 1);                 /* a timer tick may land in one */
+    }
+    fault_reset();
+    proc_destroy(partner);
+    printf("@done\n");
+    return 0;
+}
