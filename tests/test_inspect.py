@@ -279,6 +279,24 @@ detach
         assert "<sys_map+" in out, out
         assert "cr3" in out and "0x584f4d42494e464f" in out, out
         assert "AS 0x" in out and "init" in out, out
+        # Ctrl-C: raw RSP, continue then interrupt -> SIGINT stop reply
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as rsp:
+            def pkt(p: bytes) -> bytes:
+                return b"$" + p + b"#" + b"%02x" % (sum(p) & 0xFF)
+            rsp.sendall(pkt(b"?"))
+            buf = b""
+            while b"#" not in buf:
+                buf += rsp.recv(4096)
+            rsp.sendall(b"+" + pkt(b"c"))
+            time.sleep(0.5)
+            rsp.sendall(b"\x03")
+            buf = b""
+            while b"T02" not in buf:
+                d = rsp.recv(4096)
+                assert d, buf
+                buf += d
+            rsp.sendall(b"+" + pkt(b"D"))
+            time.sleep(0.3)
         a = subprocess.run([sys.executable, "-m", "vmm.cli", "attach", sock, "-c", "regs", "-c",
                             "as", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert a.returncode == 0, a.stderr

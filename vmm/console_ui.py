@@ -236,6 +236,6 @@ def run_local(inspector: Inspector, stdin=None, stdout=None) -> None:
     out = stdout or sys.stdout
 
     def sink(line):
-        out.write(f"\r\n[trace] {line}\r\n")
+        out.write(f"\r[trace] {line}\r\n")
         out.flush()
     Shell(Commands(inspector, trace_sink=sink), stdin=stdin, stdout=stdout).cmdloop()

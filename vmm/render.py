@@ -98,7 +98,7 @@ def r_pt(d) -> str:
                 lines.append(f"{pad}[{c['index']:3}] [magenta]slot[/magenta] {what} -> "
                              f"AS {c['root']:#x}")
             elif k == "not-present":
-                what = "entry point" if depth == 0 and c["index"] == abi.PML4_INFO else "raw"
+                what = "entry point" if depth == 1 and c["index"] == abi.PML4_INFO else "raw"
                 lines.append(f"{pad}[{c['index']:3}] not present ({what}) {c['entry']:#x}")
             else:
                 tag = {"self-map": " [blue]self-map[/blue] (not descended)",
@@ -222,7 +222,33 @@ def r_stop(d) -> str:
     return f"stopped: {d.get('reason')}{bp} at {d.get('rip', 0):#x}{sym}"
 
 
-RENDER = {"regs": r_regs, "cregs": r_cregs, "sregs": r_sregs, "pt": r_pt, "vtop": r_vtop,
+def r_trace(d) -> str:
+    if isinstance(d, list):
+        return "\n".join(d) or "(no records)"
+    return (f"trace syscalls: {'on' if d['enabled'] else 'off'} ({d['records']} records; "
+            f"trace syscalls show N)")
+
+
+def r_iommu(d) -> str:
+    return d.get("message") or r_generic(d)
+
+
+def r_status(d) -> str:
+    st = d.get("last_stop")
+    lines = [("paused" if d["paused"] else "running") + (" (stopping)" if d["stopping"] else ""),
+             f"last stop: {st['reason']} at {st['rip']:#x}" if st else "last stop: none",
+             "debug facilities of this host:"]
+    lines += [f"  {k:<17} {v}" for k, v in d["facilities"].items()]
+    return "\n".join(lines)
+
+
+def r_delete(d) -> str:
+    return "deleted " + ", ".join(str(i) for i in d["deleted"])
+
+
+RENDER = {"trace": r_trace, "iommu": r_iommu, "status": r_status, "delete": r_delete,
+          "stop": lambda d: f"stopped at {d['rip']:#x}",
+          "regs": r_regs, "cregs": r_cregs, "sregs": r_sregs, "pt": r_pt, "vtop": r_vtop,
           "x": r_mem, "xp": r_mem, "dis": r_dis, "as": r_as, "stats": r_stats,
           "devices": r_devices, "break": r_breakpoints, "hbreak": r_breakpoints,
           "info": r_breakpoints, "cont": r_stop, "step": r_stop, "next": r_stop}
