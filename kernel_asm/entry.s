@@ -65,10 +65,20 @@ syscall_common:
     mov qword ptr [rsp + 0x10], r11
     cmp rax, NSYSCALLS
     jae sys_reflect
+    mov rcx, K_LOCK                     /* the big kernel lock (smp.s), inline */
+    mov r11d, 1
+    xchg r11d, dword ptr [rcx]
+    test r11d, r11d
+    jnz sys_lock_wait
+    jmp qword ptr [rax*8 + syscall_table]
+sys_lock_wait:
+    call klock
     jmp qword ptr [rax*8 + syscall_table]
 
 /* rax = result (rdx = second result where the call has one). */
 sys_return:
+    mov rcx, K_LOCK
+    mov dword ptr [rcx], 0              /* unlock */
     mov rcx, qword ptr [rsp]
     mov r11, qword ptr [rsp + 0x10]
     mov rsp, qword ptr [rsp + 0x18]
@@ -89,4 +99,5 @@ sys_bad_rip:
     push rax
     push rcx
     push rdx
+    call klock
     jmp exc_dead

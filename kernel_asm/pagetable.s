@@ -105,6 +105,8 @@ take_commit:
     xor eax, eax
     mov ecx, 0x200
     rep stosq
+    mov rax, r11                        /* other CPUs running the caller */
+    call tlb_shootdown                  /* must forget the donor page */
     pop rax
     ret
 

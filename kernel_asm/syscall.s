@@ -184,6 +184,13 @@ map_count:
     jnz map_loop
     xor eax, eax
 map_out:
+    test r9b, MAP_MOVE                  /* moved pages left the source: */
+    jz map_no_shootdown                 /* no other CPU may still see them */
+    push rax
+    mov rax, rdx
+    call tlb_shootdown
+    pop rax
+map_no_shootdown:
     pop rdx
     sub rdx, r8                         /* pages done */
     pop r12
@@ -319,19 +326,41 @@ sys_yield:
     mov r8, cr3
     mov rax, r8
     test rdi, rdi
-    jz yield_enter
+    jz yield_self
     SLOT rdi, r8, sys_ebadh
     mov rax, rdi
     cmp rax, r8
     je yield_enter
     mov cr3, rax
     fxrstor [FPU_CLEAN]                 /* no SSE/x87 state crosses over */
+    lea rcx, [rsp - 1]
+    and rcx, -0x4000
+    mov qword ptr [rcx + PC_ROOT], rax
+    mov qword ptr [rcx + PC_DEFER], 0
 yield_enter:
+    mov rcx, K_LOCK
+    mov dword ptr [rcx], 0              /* unlock */
     mov rcx, qword ptr [rax + KBASE_PML4_INFO]
     shr rcx, 1
     mov rdi, rsi
     mov rsi, rdx
     mov rdx, r10
+    jmp upcall_enter
+yield_self:
+    cmp rsi, UP_IDLE
+    jne yield_enter
+    /* IDLE: nothing to run on this CPU.  Halt until an interrupt (the next
+     * tick, or a shootdown), then enter ourselves with TIMER, arg0 = 0. */
+    mov rcx, K_LOCK
+    mov dword ptr [rcx], 0
+    sti
+    hlt
+    cli
+    mov edi, UP_TIMER
+    xor esi, esi
+    xor edx, edx
+    mov rcx, qword ptr [r8 + KBASE_PML4_INFO]
+    shr rcx, 1
     jmp upcall_enter
 
 /* ---------------------------------------------------------------------------
@@ -410,6 +439,8 @@ release_skip:                           /* no table here: jump to the next 2 MiB
 release_all:
     xor edx, edx
 release_out:
+    mov rax, rdi
+    call tlb_shootdown
     xor eax, eax
     pop rcx
     sub rcx, rdx
@@ -418,24 +449,28 @@ release_out:
     jmp sys_return
 
 /* Destroy a child and everything below it, depth first.  No kernel stack is
- * needed for the tree walk: each PML4 names its parent in slot 1. */
+ * needed for the tree walk: each PML4 names its parent in slot 1.  An address
+ * space running on some CPU cannot be freed: EBUSY, after which the tree is
+ * still consistent (only fully freed descendants are gone) and the call can
+ * be repeated. */
 sys_destroy:
     cmp rdi, 2
     jb sys_ebadh
     cmp rdi, MAX_HANDLES
     jae sys_ebadh
-    lea r9, [r11 + rdi*8 + KBASE_SLOT0]
-    mov rax, qword ptr [r9]
+    mov rax, qword ptr [r11 + rdi*8 + KBASE_SLOT0]
     test eax, PTE_SLOT
     jz sys_ebadh
     and rax, -0x1000
-    mov qword ptr [r9], 0
     push rbx
     push r12
     push r13
     mov r13, rax                        /* the child */
     mov rbx, rax                        /* the address space being visited */
 destroy_visit:
+    mov rax, rbx
+    call as_busy
+    jc destroy_busy
     mov ecx, 2
 destroy_scan:
     mov rax, qword ptr [rbx + rcx*8 + KBASE_SLOT0]
@@ -457,7 +492,20 @@ destroy_pml4e_next:
     cmp r12d, PML4_GATE                 /* not the kernel-owned gate tables */
     jb destroy_pml4e
     mov r12, qword ptr [rbx + KBASE_SLOT1]
-    and r12, -0x1000                      /* its parent */
+    and r12, -0x1000                    /* its parent: clear the slot naming it */
+    mov ecx, 2
+destroy_unlink:
+    mov rax, qword ptr [r12 + rcx*8 + KBASE_SLOT0]
+    xor rax, rbx
+    cmp rax, PTE_SLOT
+    je destroy_unlinked
+    inc ecx
+    cmp ecx, MAX_HANDLES
+    jb destroy_unlink
+    jmp destroy_free                    /* (cannot happen: the tree names it) */
+destroy_unlinked:
+    mov qword ptr [r12 + rcx*8 + KBASE_SLOT0], 0
+destroy_free:
     mov rax, rbx
     call table_home                     /* the root page itself */
     cmp rbx, r13
@@ -465,10 +513,15 @@ destroy_pml4e_next:
     mov rbx, r12
     jmp destroy_visit
 destroy_descend:
-    mov qword ptr [rbx + rcx*8 + KBASE_SLOT0], 0
     and rax, -0x1000
     mov rbx, rax
     jmp destroy_visit
+destroy_busy:
+    pop r13
+    pop r12
+    pop rbx
+    mov rax, NEG_EBUSY
+    jmp sys_error
 destroy_done:
     pop r13
     pop r12

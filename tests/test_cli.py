@@ -68,7 +68,8 @@ def test_missing_kvm_is_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["boot", "--cpus", "2"], "only 1 vCPU is supported for now"),
+    (["boot", "--cpus", "9"], "--cpus 9: between 1 and 8"),
+    (["boot", "--cpus", "0"], "--cpus 0: between 1 and 8"),
     (["boot", "--mem", "lots"], "bad memory size"),
     (["run", "--mem", "1M", "hello"], "too small"),
     (["boot", "--kernel", "/nonexistent/kernel.bin"], "No such file"),

@@ -262,9 +262,9 @@ def test_input_reaches_guest():
 
 
 @requires_kvm
-def test_cpus_must_be_one():
+def test_cpus_must_match_the_boot_state():
     from vmm.machine import Machine, MachineError
-    with pytest.raises(MachineError, match="only 1 vCPU"):
+    with pytest.raises(MachineError, match="boot state describes 1 CPU"):
         Machine(make_tiny_boot("hlt"), cpus=2)
 
 

@@ -37,6 +37,116 @@ MAX_RAM = 2 << 30               # the kernel reaches RAM through KBASE+phys (top
 DEV_CONSOLE_DOORBELL = 0        # index of the page in the device area
 DEV_PLATFORM = 1                # exit register, boot timer
 DEV_PAGES = 16                  # reserved device pages (later issues add NIC/disk)
+DEV_DISK_VF0 = 2                # disk virtual function i: device page DEV_DISK_VF0 + i
+DISK_MAX_VFS = 8                # (docs/DEVICES.md)
+
+# --------------------------------------------------------------------------
+# Device discovery: a table in the boot-information page (init reads it).
+#   u32 count at BOOTINFO_DEVTAB, then DEVTAB_ENTRY-byte entries from +8:
+#   u32 type, u32 first device page, u32 functions (VFs), u32 block size,
+#   u64 total blocks, u64 reserved.
+# --------------------------------------------------------------------------
+BOOTINFO_DEVTAB = 2048
+DEVTAB_ENTRY = 32
+DEVTAB_MAX = 8
+DEVT_DISK = 1
+
+# --------------------------------------------------------------------------
+# Self-virtualizing disk (devices/disk.py, docs/DEVICES.md).  VF register page:
+# --------------------------------------------------------------------------
+VF_DOORBELL = 0         # any write: "look at my sq_tail" (ioeventfd, never exits)
+VF_ENABLE = 8           # u64 write: VA of the status page (setup inside): bind + enable
+VF_DISABLE = 16         # any write: drop the queues and the binding
+# Status page (owner's memory, one page; offsets).  Driver writes the DS_SETUP
+# part and DS_SQ_TAIL / DS_CQ_HEAD; the device writes the rest.
+DS_SQ_TAIL = 0          # u32 driver: free-running submission tail
+DS_CQ_HEAD = 4          # u32 driver: free-running completion head (consumed)
+DS_WAITING = 8          # u32 device: 1 = asleep, ring VF_DOORBELL after a submit
+DS_STATE = 12           # u32 device: DSTATE_*
+DS_FAULTS = 16          # u64 device: IOMMU faults so far (the polled "upcall")
+DS_ERRORS = 24          # u64 device: malformed submissions so far
+DS_NS_BLOCKS = 32       # u64 device: blocks in this VF's namespace
+DS_BLOCK_SIZE = 40      # u32 device
+DS_MAX_BLOCKS = 44      # u32 device: most blocks one command may move
+DS_SQ_HEAD = 48         # u32 device: entries consumed
+DS_VF = 52              # u32 device: which VF (endpoint id)
+DS_SETUP = 256          # driver, before VF_ENABLE:
+DS_SETUP_VF_VA = 256    #   u64 where the driver maps the VF register page
+DS_SETUP_SQ_VA = 264    #   u64 submission queue (QSIZE * 64 bytes)
+DS_SETUP_CQ_VA = 272    #   u64 completion queue (QSIZE * 16 bytes)
+DS_SETUP_QSIZE = 280    #   u32 entries, a power of two, 2..DISK_MAX_QSIZE
+DS_SETUP_FAULT_VA = 288  #  u64 fault ring (FAULT_REC bytes each)
+DS_SETUP_FAULT_N = 296  #   u32 records in the fault ring
+DSTATE_OFF = 0
+DSTATE_READY = 1
+DSTATE_UNBOUND = 2      # the binding failed (see the VMM's iommu log)
+DISK_BLOCK = 4096
+DISK_MAX_BLOCKS = 256   # 1 MiB per command
+DISK_MAX_QSIZE = 1024
+# Submission entry (64 bytes): u8 opcode, u8 flags, u16 cid, u32 nblocks,
+# u64 lba, u64 buf (owner virtual address), 40 reserved.
+SQE_SIZE = 64
+SQE_OPCODE = 0
+SQE_CID = 2
+SQE_NBLOCKS = 4
+SQE_LBA = 8
+SQE_BUF = 16
+# Completion entry (16 bytes): u32 result (bytes), u16 sq_head, u16 cid,
+# u16 status = code << 1 | phase, u16 reserved, u32 reserved.
+CQE_SIZE = 16
+CQE_RESULT = 0
+CQE_SQ_HEAD = 4
+CQE_CID = 6
+CQE_STATUS = 8
+DOP_READ = 1
+DOP_WRITE = 2
+DOP_FLUSH = 3           # durable: the host file is fsync'ed before completion
+DOP_DISCARD = 4
+DST_OK = 0
+DST_BAD_OPCODE = 1
+DST_LBA_RANGE = 2
+DST_TOO_LONG = 3
+DST_IOMMU_FAULT = 4
+DST_IO_ERROR = 5
+DST_BAD_DOORBELL = 6    # sq_tail claims more entries than the ring holds
+# IOMMU fault record (32 bytes) in the owner's fault ring, and in the VMM log:
+# u64 address, u32 endpoint (VF), u32 access (IOMMU_R / IOMMU_W), u32 reason, u32 seq, u64 rsvd.
+FAULT_REC = 32
+IOMMU_R = 1
+IOMMU_W = 2
+IOMMU_NOT_MAPPED = 1    # no user mapping at that address in the owner
+IOMMU_READ_ONLY = 2     # a device write into memory the owner may only read
+IOMMU_KERNEL = 3        # kernel-only (supervisor) or above USER_LIMIT
+IOMMU_NOT_RAM = 4       # a device page or beyond RAM (no peer-to-peer DMA)
+
+# --------------------------------------------------------------------------
+# XOFS: the libOS file system on a disk namespace (vmm/xofs.py, libos/lib/fs.c).
+# Block 0: disk label (whole image).  In each namespace (blocks relative to it):
+#   0, 1   superblock pair: the valid one with the higher generation wins
+#   2..    inode table A (FS_TABLE_BLOCKS), then inode table B, then data
+# Superblock: u64 magic, u64 generation, u64 nblocks, u32 table (0 = A, 1 = B),
+#   u32 table_crc (crc32 of the table), u32 crc (crc32 of the 32 bytes before).
+# Inode (64 bytes): u32 type, u32 parent, u64 size, u32 start, u32 nblocks,
+#   u64 generation, char name[32].  Inode 0 is the root directory.
+# --------------------------------------------------------------------------
+LABEL_MAGIC = 0x4C42414C424D4F58      # "XOMBLABL": u64 magic, u32 count, u32 0,
+LABEL_MAX_NS = 8                        # then (u64 start, u64 nblocks) per namespace
+FS_MAGIC = 0x5346424F4D4F58            # "XOMOBFS"
+FS_INODES = 256
+FS_INODE_SIZE = 64
+FS_NAME_MAX = 31
+FS_TABLE_BLOCKS = FS_INODES * FS_INODE_SIZE // 4096
+FS_TABLE_A = 2
+FS_DATA_START = 2 + 2 * FS_TABLE_BLOCKS
+FS_FREE = 0
+FS_FILE = 1
+FS_DIR = 2
+# libOS convention: where a process maps its disk VF, where a grantor keeps
+# VFs it may hand on (page i at DISK_SPARE_VA + i*4096), where the driver's
+# queues live (status page, SQ, CQ, fault ring).
+DISK_VF_VA = 0x8000
+DISK_SPARE_VA = 0x10000
+DISK_QUEUE_VA = 0x2000_0000
 
 # --------------------------------------------------------------------------
 # Virtual layout.
@@ -154,15 +264,21 @@ UPCALLS = {
     "FAULT": 1,         # exception in this AS; frame at UPCALL_VA; arg0 = vector
     "SYSCALL": 2,       # unknown syscall number; frame at UPCALL_VA; arg0 = rax
     "CHILD_ERROR": 3,   # a child faulted with no handler; arg0 = vector, arg1 = rip/cr2
+    "CPU": 4,           # (root) another CPU arrives at boot; arg0 = its index
+    "TIMER": 5,         # (root) a tick: arg0 = 1 context saved in the frame, 0 woke from IDLE
+    "PREEMPT": 6,       # a tick took the CPU from a child: r8 = its root, context in its frame
     "START": 8,         # libOS protocol from here on: first entry
     "EXIT": 9,          # child exits; arg0 = status
     "RESUME": 10,       # CPU given back
     "POOL": 11,         # child's pool ran dry: arg0 = pages wanted, arg1 = where (its pool)
+    "IDLE": 11,         # yield(AS_SELF, IDLE): halt this CPU until the next interrupt
 }
 UP_USER_MIN = 8
 VEC_SYSCALL = 256           # frame.vector for a reflected syscall
 
-# Activation frame at UPCALL_VA (u64 fields, in this order).
+# Activation frames: one per CPU at UPCALL_VA + cpu * FRAME_STRIDE (u64 fields,
+# in this order).  Every upcall enters with r9 = the CPU's index.
+FRAME_STRIDE = 256
 FRAME_FIELDS = ["in_upcall", "vector", "error", "cr2", "rip", "rsp", "rflags",
                 "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
                 "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
@@ -177,7 +293,7 @@ HOST_QEMU = 2                           # QEMU TCG, multiboot entry
 BOOTINFO_FIELDS = ["magic", "version", "host", "ram_bytes", "nframes",
                    "dev_pfn", "root_phys", "lstar", "iomap_base",
                    "initrd_size", "console_out_pfn", "console_in_pfn",
-                   "tsc_khz", "run_mode", "first_free_pfn", "reserved"]
+                   "tsc_khz", "run_mode", "first_free_pfn", "ncpus", "timer_count"]
 RUN_SHELL = 0                           # bootinfo.run_mode: interactive shell
 RUN_COMMAND = 1                         # run the command line through xsh -c
 RUN_BENCH = 2                           # init shares the platform page with `bench` (cmdline)
@@ -239,6 +355,11 @@ STAR_VALUE = 0x0023_0010_0000_0000
 SFMASK_VALUE = 0x47700              # IF TF DF NT AC ... cleared on syscall entry
 USER_RFLAGS = 0x202
 
+# Interrupts (in-kernel LAPIC, x2APIC mode).
+TIMER_VECTOR = 0x40
+FLUSH_VECTOR = 0x41     # TLB shootdown IPI
+TICK_US = 10_000        # per-CPU timer period
+
 # Kernel: per-CPU blocks (percpu words at the bottom, stack at the top) and TSSes.
 MAX_CPUS = 8
 KSTACK_SIZE = 0x4000
@@ -246,6 +367,9 @@ PC_SELF = 0             # percpu: its own address
 PC_KTOP = 8             # this CPU's kernel stack top (= TSS.rsp0)
 PC_SCRATCH = 16         # user rsp during the syscall entry
 PC_CPU = 24             # CPU index
+PC_ROOT = 32            # the root (PML4 phys) this CPU runs: for shootdowns and EBUSY
+PC_FLUSH = 40           # set by another CPU: flush your TLB (then clear it)
+PC_DEFER = 48           # ticks deferred because the frame was busy
 TSS_IOMAP = 104         # the I/O bitmap follows each TSS ...
 TSS_IOMAP_BYTES = 256   # ... covering ports 0..0x7ff, then a 0xff byte
 TSS_LIMIT = TSS_IOMAP + TSS_IOMAP_BYTES
@@ -347,9 +471,11 @@ class BootInfo:
     run_mode: int
     first_free_pfn: int
     cmdline: str = ""
+    ncpus: int = 1
+    timer_count: int = 0        # LAPIC timer initial count (divide by 1); 0 = no timer
 
     def pack(self) -> bytes:
-        vals = {"magic": BOOTINFO_MAGIC, "version": ABI_VERSION, "reserved": 0}
+        vals = {"magic": BOOTINFO_MAGIC, "version": ABI_VERSION}
         vals.update({f: getattr(self, f) for f in BOOTINFO_FIELDS if f not in vals})
         page = bytearray(PAGE)
         struct.pack_into(f"<{len(BOOTINFO_FIELDS)}Q", page, 0,

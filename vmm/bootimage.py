@@ -131,7 +131,8 @@ def frame_table_pages(ram_bytes: int) -> int:
 # --------------------------------------------------------------------------
 @dataclass
 class CpuState:
-    """The boot vCPU: long mode, paging on, at kernel_start64."""
+    """A vCPU's first state: long mode, paging on, at kernel_start64 with
+    rdi = its index, rsp = its own kernel stack, TR = its own TSS."""
     rip: int
     rsp: int
     cr3: int
@@ -144,6 +145,7 @@ class CpuState:
     idt_limit: int
     tss_base: int
     tss_limit: int
+    index: int = 0
 
 
 @dataclass
@@ -154,6 +156,7 @@ class BootState:
     symbols: dict[str, int]           # kernel symbols + "prog:sym" of every program
     bootinfo: abi.BootInfo
     layout: dict[str, int] = field(default_factory=dict)   # named addresses, for dumps/tests
+    cpus: list[CpuState] = field(default_factory=list)     # every vCPU, cpus[0] = cpu
 
     def blob(self) -> bytes:
         """Bytes from BOOTINFO_PHYS to the end of the last write (zero filled): the QEMU
@@ -397,7 +400,8 @@ def _window_tables(first_free: int, end_ram: int, dev_lo: int, dev_hi: int) -> i
 
 
 def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host: int,
-                     cmdline: str = "", run_mode: int = 0, tsc_khz: int = 0) -> BootState:
+                     cmdline: str = "", run_mode: int = 0, tsc_khz: int = 0,
+                     ncpus: int = 1, timer: bool = True) -> BootState:
     """Build guest RAM and the boot vCPU.  ``kernel`` is a ``kernel_build.KernelImage``
     (anything with its attributes); ``programs`` maps names to ELF bytes, "init" required."""
     # ---- validate ------------------------------------------------------------
@@ -408,6 +412,10 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
                          f"[{abi.MIN_RAM >> 20} MiB, {abi.MAX_RAM >> 20} MiB]")
     if host not in (abi.HOST_VMX, abi.HOST_PVM, abi.HOST_QEMU):
         raise ImageError(f"unknown host {host!r} (HOST_VMX, HOST_PVM or HOST_QEMU)")
+    if not 1 <= ncpus <= abi.MAX_CPUS:
+        raise ImageError(f"{ncpus} CPUs: between 1 and {abi.MAX_CPUS}")
+    if host == abi.HOST_QEMU and ncpus != 1:
+        raise ImageError("the QEMU multiboot path boots one CPU")
     check_kernel(kernel)
     if "init" not in programs:
         raise ImageError(f"no 'init' program (got {sorted(programs) or 'none'})")
@@ -531,17 +539,21 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
         lstar=lstar, iomap_base=IOMAP_QEMU if host == abi.HOST_QEMU else IOMAP_NONE,
         initrd_size=len(archive), console_out_pfn=con_out // PAGE,
         console_in_pfn=con_in // PAGE, tsc_khz=tsc_khz, run_mode=run_mode,
-        first_free_pfn=first_free, cmdline=cmdline)
+        first_free_pfn=first_free, cmdline=cmdline, ncpus=ncpus,
+        # The per-CPU tick needs the VMM's in-kernel local APIC (1 count = 1 ns
+        # with divide-by-1); the QEMU multiboot path has none.
+        timer_count=abi.TICK_US * 1000 if timer and host != abi.HOST_QEMU else 0)
     try:
         mem.write(abi.BOOTINFO_PHYS, bi.pack())
     except ValueError as e:
         raise ImageError(str(e)) from None
 
-    cpu = CpuState(
-        rip=kernel.entry64, rsp=kernel.stack_tops[0], cr3=root, cr0=BOOT_CR0, cr4=BOOT_CR4,
+    cpus = [CpuState(
+        rip=kernel.entry64, rsp=kernel.stack_tops[i], cr3=root, cr0=BOOT_CR0, cr4=BOOT_CR4,
         efer=BOOT_EFER, gdt_base=kernel.gdt, gdt_limit=kernel.gdt_limit,
-        idt_base=kernel.idt, idt_limit=kernel.idt_limit, tss_base=kernel.tss[0],
-        tss_limit=kernel.tss_limit)
+        idt_base=kernel.idt, idt_limit=kernel.idt_limit, tss_base=kernel.tss[i],
+        tss_limit=kernel.tss_limit, index=i) for i in range(ncpus)]
+    cpu = cpus[0]
     symbols = dict(kernel.symbols)
     for p in progs.values():
         symbols.update(p.symbols)
@@ -552,4 +564,4 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
         "initrd_phys": rd, "initrd_size": len(archive), "stack_phys": stack,
     }
     return BootState(ram_bytes=ram_bytes, writes=mem.runs(), cpu=cpu, symbols=symbols,
-                     bootinfo=bi, layout=layout)
+                     bootinfo=bi, layout=layout, cpus=cpus)

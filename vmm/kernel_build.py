@@ -38,11 +38,12 @@ from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks, KsError
 
 from . import abi, paths
 
-SOURCES_64 = ["x86.s", "pagetable.s", "entry.s", "upcall.s", "syscall.s", "start.s"]
+SOURCES_64 = ["x86.s", "pagetable.s", "entry.s", "upcall.s", "syscall.s", "smp.s", "start.s"]
 SOURCE_32 = "boot32.s"
 STUB_SIZE = 0x1000
 KERNEL_VIRT64 = abi.KBASE + abi.KERNEL_PHYS + STUB_SIZE
 VECTORS_WITH_DPL3 = {3}                 # int3: the PVM syscall gate and breakpoints
+INTERRUPT_HANDLERS = {abi.TIMER_VECTOR: "vec_timer", abi.FLUSH_VECTOR: "vec_flush"}
 
 # The data area (image offsets; every block aligned as the hardware wants).
 KDATA = 0x10000
@@ -51,6 +52,7 @@ KDATA_LAYOUT = {            # name -> offset from KDATA
     "gdt_desc": 0x100,      # lgdt operand: limit, base
     "idt_desc": 0x110,
     "k_root_phys": 0x120,   # init's root, set once at boot: where freed frames go home
+    "k_lock": 0x128,        # the big kernel lock (smp.s)
     "fpu_clean": 0x200,     # a clean FXSAVE image (16-byte aligned)
     "idt": 0x1000,
     "tss0": 0x2000,         # MAX_CPUS TSSes of TSS_STRIDE bytes, each with its I/O bitmap
@@ -209,7 +211,7 @@ def _data_symbols() -> dict[str, int]:
 
 def _data_equs(sym: dict[str, int]) -> str:
     return "".join(f".equ {n.upper()}, 0x{sym[n]:x}\n" for n in
-                   ["gdt_desc", "idt_desc", "k_root_phys", "fpu_clean", "tss0_iomap",
+                   ["gdt_desc", "idt_desc", "k_root_phys", "k_lock", "fpu_clean", "tss0_iomap",
                     "percpu0", "percpu0_top"])
 
 
@@ -240,7 +242,7 @@ def _patch(img: bytearray, k: KernelImage) -> None:
     struct.pack_into("<H", img, off(sym["fpu_clean"]), 0x37F)          # FCW
     struct.pack_into("<I", img, off(sym["fpu_clean"]) + 24, 0x1F80)    # MXCSR
     for v in range(256):
-        h = sym[f"vec{v}"] if v < 32 else sym["vec_spurious"]
+        h = sym[f"vec{v}"] if v < 32 else sym.get(INTERRUPT_HANDLERS.get(v, ""), sym["vec_spurious"])
         dpl = 3 if v in VECTORS_WITH_DPL3 else 0
         img[off(k.idt) + 16 * v: off(k.idt) + 16 * v + 16] = _idt_entry(h, dpl)
     for cpu in range(abi.MAX_CPUS):

@@ -63,7 +63,8 @@ def setup_boot_vcpu(kvm: Kvm, vcpu: Vcpu, cpu) -> None:
     for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
         _data(seg, abi.GDT_KDS)
     tr = s.tr
-    tr.base, tr.limit, tr.selector = cpu.tss_base, cpu.tss_limit, abi.GDT_TSS0
+    index = getattr(cpu, "index", 0)
+    tr.base, tr.limit, tr.selector = cpu.tss_base, cpu.tss_limit, abi.GDT_TSS0 + 16 * index
     tr.type, tr.present, tr.dpl, tr.db, tr.s, tr.l, tr.g, tr.avl, tr.unusable = 0xB, 1, 0, 0, 0, 0, 0, 0, 0
     s.ldt.selector, s.ldt.base, s.ldt.limit, s.ldt.type, s.ldt.present, s.ldt.unusable = 0, 0, 0xFFFF, 2, 1, 0
     s.gdt.base, s.gdt.limit = cpu.gdt_base, cpu.gdt_limit
@@ -75,6 +76,7 @@ def setup_boot_vcpu(kvm: Kvm, vcpu: Vcpu, cpu) -> None:
                  "r12", "r13", "r14", "r15"):
         setattr(regs, name, 0)
     regs.rip, regs.rsp, regs.rflags = cpu.rip, cpu.rsp, 0x2
+    regs.rdi = index                    # kernel_start64: rdi = this CPU's index
     vcpu.set_regs(regs)
 
 

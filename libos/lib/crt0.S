@@ -8,13 +8,14 @@
  * upcall runs on a small static stack of its own and never returns here:
  * it resumes an interrupted context, jumps back into a saved one, or exits.
  *
- * Two upcall stacks: FAULT/SYSCALL use one, the process upcalls (EXIT,
- * CHILD_ERROR, RESUME) the other, so a page fault taken while handling a
- * child's exit does not overwrite the exit handler's frames.
+ * Two upcall stacks per CPU (r9 = the CPU's index): FAULT/SYSCALL use one,
+ * the process upcalls (EXIT, CHILD_ERROR, RESUME, TIMER, ...) the other, so a
+ * page fault taken while handling a child's exit does not overwrite the exit
+ * handler's frames, and two CPUs in the same libOS never share a stack.
  */
 #include "xomb_abi.h"
 
-#define UPCALL_STACK 16384
+#define UPCALL_STACK 8192         /* per CPU and kind: 2 x MAX_CPUS of them */
 
     .section .text.start, "ax"
     .globl _start
@@ -28,10 +29,14 @@ _start:
 
 1:  cmp $XOMB_UP_SYSCALL, %rdi
     ja 2f
-    lea fault_stack_top(%rip), %rsp
+    lea fault_stack_base(%rip), %rsp
     jmp 3f
-2:  lea proc_stack_top(%rip), %rsp
-3:  mov %r8, %rcx               /* upcall_dispatch(no, arg0, arg1, from_root) */
+2:  lea proc_stack(%rip), %rsp
+3:  lea 1(%r9), %rax            /* r9 = this CPU: its own stacks */
+    shl $13, %rax               /* * UPCALL_STACK */
+    add %rax, %rsp
+    mov %r8, %rcx               /* upcall_dispatch(no, arg0, arg1, from_root, cpu) */
+    mov %r9, %r8
     xor %ebp, %ebp
     call upcall_dispatch        /* never returns */
     ud2
@@ -40,11 +45,9 @@ _start:
     .balign 16
     .globl fault_stack_base
 fault_stack_base:
-    .skip UPCALL_STACK
-fault_stack_top:
+    .skip UPCALL_STACK * XOMB_MAX_CPUS
     .balign 16
 proc_stack:
-    .skip UPCALL_STACK
-proc_stack_top:
+    .skip UPCALL_STACK * XOMB_MAX_CPUS
 
     .section .note.GNU-stack,"",@progbits

@@ -11,10 +11,14 @@
 #include "upcall.h"
 #include "vm.h"
 
-#define DEFAULT_CHILD_POOL 512          /* 2 MiB: moving a page out costs an invlpg */
-#define ROOT_CHILD_POOL_MAX 4096        /* what init gives its shell at most: 16 MiB */
+/* Small initial pools: moving a page costs ~45 kernel instructions (on PVM,
+ * emulated: ~30 us), so a child gets little and asks for more when it needs
+ * it (UP_POOL, mem.h): memory policy stays in the parent. */
+#define DEFAULT_CHILD_POOL 64
+#define ROOT_CHILD_POOL_MAX 128         /* what init gives its shell to start with */
 #define ROOT_KEEP 256                   /* pages a parent keeps for itself */
-#define CHILD_KEEP 48
+#define CHILD_KEEP 16
+#define POOL_EXTENTS 32                 /* 2 MiB slots of a child's pool we track */
 #define MIN_POOL 64
 
 struct proc {
@@ -23,6 +27,7 @@ struct proc {
     int finished;
     uint64_t root;              /* root phys, to recognise upcalls from it */
     uint64_t pool_pages;
+    uint32_t pool_ext[POOL_EXTENTS];    /* pages given later into pool slot i (UP_POOL) */
     uint64_t rw_start, rw_pages;        /* its copy of the program's data */
     char name[32];
     struct proc_status st;
@@ -116,14 +121,15 @@ static long share_same(long h, uint64_t va, uint64_t n, uint64_t rights)
 
 static uint64_t default_pool(uint64_t want)
 {
-    uint64_t have = pool_free_pages();
     uint64_t keep = libos_is_root ? ROOT_KEEP : CHILD_KEEP;
+    /* a child asks its parent first if it is short (UP_POOL) */
+    uint64_t have = pool_reserve((want ? want : DEFAULT_CHILD_POOL) + keep);
     uint64_t spare = have > keep ? have - keep : 0;
     if (!want) {
         if (libos_is_root)
             want = spare > ROOT_CHILD_POOL_MAX ? ROOT_CHILD_POOL_MAX : spare;
         else
-            want = spare / 2 > DEFAULT_CHILD_POOL ? DEFAULT_CHILD_POOL : spare / 2;
+            want = spare > DEFAULT_CHILD_POOL ? DEFAULT_CHILD_POOL : spare;
     }
     if (want > spare)
         want = spare;
@@ -209,6 +215,23 @@ long spawn(const char *name, char *const argv[])
 
 /* --- running and ending a child ---------------------------------------- */
 
+/* UP_POOL: child h wants n pages at dst (the next 2 MiB slot of its pool). */
+static uint64_t pool_req_n, pool_req_dst;
+
+static uint64_t pool_serve(long h, uint64_t n, uint64_t dst)
+{
+    uint64_t slot = (dst - XOMB_POOL_VA) >> 21;
+    if (n == 0 || n > 512 || dst < XOMB_POOL_VA || (dst & ((1UL << 21) - 1))
+        || slot >= POOL_EXTENTS || procs[h].pool_ext[slot])
+        return 0;
+    pool_reserve(n + (libos_is_root ? ROOT_KEEP : CHILD_KEEP));
+    long r = pool_give(h, dst, n);
+    if (r <= 0)
+        return 0;
+    procs[h].pool_ext[slot] = (uint32_t)r;
+    return (uint64_t)r;
+}
+
 int proc_run(long h, uint64_t upcall, uint64_t arg0, uint64_t arg1, long *yield_rv)
 {
     if (h < 2 || h >= XOMB_MAX_HANDLES || !procs[h].used)
@@ -233,6 +256,11 @@ int proc_run(long h, uint64_t upcall, uint64_t arg0, uint64_t arg1, long *yield_
         waiting_for = 0;
         next_upcall = XOMB_UP_RESUME;   /* it gave the CPU back without exiting */
         next_arg0 = next_arg1 = 0;
+        if (pool_req_n) {               /* ... asking for pages: served here, on our
+                                         * own stack, where we may ask our parent */
+            next_arg0 = pool_serve(h, pool_req_n, pool_req_dst);
+            pool_req_n = 0;
+        }
     }
     return 1;
 }
@@ -283,6 +311,9 @@ long proc_destroy(long h)
     if (p->used && !libos_is_root) {
         /* Take back what we gave before it goes home to the root. */
         pool_reclaim(h, XOMB_POOL_VA, p->pool_pages);
+        for (int i = 0; i < POOL_EXTENTS; i++)
+            if (p->pool_ext[i])
+                pool_reclaim(h, XOMB_POOL_VA + ((uint64_t)i << 21), p->pool_ext[i]);
         pool_reclaim(h, XOMB_STACK_TOP - XOMB_STACK_PAGES * PAGE_SIZE, XOMB_STACK_PAGES);
         pool_reclaim(h, XOMB_UPCALL_VA, 2);     /* activation frame, argv page */
         pool_reclaim(h, p->rw_start, p->rw_pages);      /* its data and bss */
@@ -317,6 +348,17 @@ long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1)
     return yield_and_resume(XOMB_AS_PARENT, upcall, arg0, arg1);
 }
 
+/* A timer tick took the CPU from our child (its context is in its frame):
+ * the scheduling decision is ours.  The policy here is the simplest one, give
+ * the CPU straight back; a scheduler would run something else first. */
+void process_preempted(uint64_t child_root)
+{
+    struct proc *p = find_by_root(child_root);
+    if (p)
+        xomb_yield(p - procs, XOMB_UP_RESUME, 0, 0);
+    printf("[%s] preempted an unknown address space 0x%lx\n", libos_name, child_root);
+}
+
 void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root)
 {
     struct proc *p = find_by_root(from_root);
@@ -343,6 +385,21 @@ void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_roo
         if (waiting_for)
             ctx_restore(&wait_ctx, 1);
         break;
+    case XOMB_UP_POOL:
+        if (!p)
+            break;
+        if (waiting_for == p - procs) {  /* serve it in wait(), on our own stack */
+            pool_req_n = arg0 ? arg0 : 1;
+            pool_req_dst = arg1;
+            ctx_restore(&wait_ctx, 4);
+        }
+        /* Not waiting for it (it was yielded to directly): serve from here, on
+         * the upcall stack, so without asking our own parent. */
+        pool_refill_block(1);
+        uint64_t got = pool_serve(p - procs, arg0, arg1);
+        pool_refill_block(0);
+        for (;;)
+            xomb_yield(p - procs, XOMB_UP_RESUME, got, 0);
     case XOMB_UP_RESUME:
         if (resume_armed) {
             resume_armed = 0;

@@ -59,3 +59,6 @@ long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1);
 
 __attribute__((noreturn)) void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1,
                                               uint64_t from_root);
+
+/* A tick preempted our child whose root is child_root (PREEMPT upcall). */
+void process_preempted(uint64_t child_root);

@@ -1,7 +1,8 @@
 /* upcall_resume(): return from an upcall into the interrupted context.
  *
- * The kernel saved every general register, rip, rsp and rflags in the
- * activation frame at XOMB_UPCALL_VA and set in_upcall.  The libOS returns
+ * The kernel saved every general register, rip, rsp and rflags in this
+ * CPU's activation frame (XOMB_UPCALL_VA + cpu * XOMB_FRAME_STRIDE) and set
+ * in_upcall.  The libOS returns
  * entirely in user mode, without the kernel:
  *
  *   - switch to the interrupted stack, but 128 bytes lower: the interrupted
@@ -14,14 +15,19 @@
  *
  * After in_upcall is cleared only register moves, popfq and ret remain, and
  * they touch only stack bytes we just wrote, so nothing can fault in between.
+ * A timer tick after in_upcall is cleared saves this very sequence as the
+ * context and resumes it later: it only pops what it pushed, so that is safe.
  */
 #include "xomb_abi.h"
 
-#define F(field) (XOMB_UPCALL_VA + XOMB_FRAME_##field)
+#define F(field) XOMB_FRAME_##field(%rdi)
 
+    /* upcall_resume(struct xomb_frame *f): f is this CPU's frame (rdi). */
     .text
     .globl upcall_resume
 upcall_resume:
+    cmpq $0, F(RSP)
+    je restart
     mov F(RSP), %rsp
     sub $128, %rsp
     pushq F(RIP)
@@ -31,7 +37,6 @@ upcall_resume:
     mov F(RCX), %rcx
     mov F(RDX), %rdx
     mov F(RSI), %rsi
-    mov F(RDI), %rdi
     mov F(RBP), %rbp
     mov F(R8), %r8
     mov F(R9), %r9
@@ -42,7 +47,23 @@ upcall_resume:
     mov F(R14), %r14
     mov F(R15), %r15
     movq $0, F(IN_UPCALL)
+    mov F(RDI), %rdi            /* last: rdi held the frame's address */
     popfq
     ret $128
+
+    /* rsp == 0: a tick caught an upcall at our entry stub, before it chose a
+     * stack, so nothing has happened yet: deliver that upcall again.  Every
+     * entry register is reloaded before in_upcall is cleared, so a tick after
+     * the clear saves a context that restarts the same way. */
+restart:
+    mov %rdi, %rax
+    mov XOMB_FRAME_RSI(%rax), %rsi
+    mov XOMB_FRAME_RDX(%rax), %rdx
+    mov XOMB_FRAME_R8(%rax), %r8
+    mov XOMB_FRAME_R9(%rax), %r9
+    mov XOMB_FRAME_RDI(%rax), %rdi
+    xor %esp, %esp
+    movq $0, XOMB_FRAME_IN_UPCALL(%rax)
+    jmp _start
 
     .section .note.GNU-stack,"",@progbits

@@ -13,6 +13,7 @@
 #include "console.h"
 #include "libos.h"
 #include "process.h"
+#include "syscall.h"
 
 static upcall_handler_t fault_handler;
 static upcall_handler_t syscall_handler;
@@ -52,14 +53,42 @@ const char *vector_name(uint64_t v)
     return "#?";
 }
 
-void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root)
+uint64_t upcall_cpu;
+
+void cpu_idle(void)
 {
-    struct xomb_frame *f = UPCALL_FRAME;
+    for (;;)
+        xomb_yield(XOMB_AS_SELF, XOMB_UP_IDLE, 0, 0);   /* returns only on error */
+}
+
+void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root,
+                     uint64_t cpu)
+{
+    struct xomb_frame *f = UPCALL_FRAME_OF(cpu);
+
+    upcall_cpu = cpu;
+    if (f->in_upcall && f->rsp == 0)    /* caught at the entry stub: restart it */
+        f->r9 = cpu;                    /* on this CPU's stacks (resume.S) */
+    switch (no) {
+    case XOMB_UP_TIMER:                 /* the root's tick: nothing to schedule yet */
+        if (arg0)
+            upcall_resume(f);
+        cpu_idle();                     /* woke from IDLE */
+    case XOMB_UP_CPU:                   /* another CPU arrived: no work for it yet */
+        cpu_idle();
+    case XOMB_UP_PREEMPT:               /* a tick took the CPU from a child: the */
+        process_preempted(from_root);   /* scheduling decision is ours */
+        break;
+    case XOMB_UP_RESUME:                /* a preempted context waits in our frame */
+        if (f->in_upcall && f->vector == XOMB_TIMER_VECTOR)
+            upcall_resume(f);
+        break;
+    }
 
     if (no == XOMB_UP_FAULT || no == XOMB_UP_SYSCALL) {
         upcall_handler_t h = no == XOMB_UP_FAULT ? fault_handler : syscall_handler;
         if (h && h(f))
-            upcall_resume();
+            upcall_resume(f);
         if (no == XOMB_UP_SYSCALL)
             printf("%s: unknown system call 0x%lx at rip 0x%lx\n", libos_name,
                    f->rax, f->rip);

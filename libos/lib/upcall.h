@@ -3,8 +3,12 @@
 #include <stdint.h>
 #include "xomb_abi.h"
 
-/* The activation frame the kernel fills on a fault or a reflected syscall. */
-#define UPCALL_FRAME ((struct xomb_frame *)XOMB_UPCALL_VA)
+/* The activation frame the kernel fills on a fault, a reflected syscall or a
+ * timer tick: one per CPU (the kernel passes the CPU's index in r9). */
+#define UPCALL_FRAME_OF(cpu) \
+    ((struct xomb_frame *)(XOMB_UPCALL_VA + (uint64_t)(cpu) * XOMB_FRAME_STRIDE))
+#define UPCALL_FRAME UPCALL_FRAME_OF(upcall_cpu)
+extern uint64_t upcall_cpu;     /* the CPU of the upcall being handled */
 
 /* A handler returns 1 to resume the interrupted context (after fixing
  * whatever it wanted: map a page, set frame->rax, move frame->rip ...) or
@@ -24,6 +28,8 @@ void set_app_upcall_handler(app_upcall_t h);
 const char *vector_name(uint64_t vector);
 
 __attribute__((noreturn)) void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1,
-                                               uint64_t from_root);
-/* resume.S: restore the frame's context in user mode. */
-__attribute__((noreturn)) void upcall_resume(void);
+                                               uint64_t from_root, uint64_t cpu);
+/* resume.S: restore a frame's context in user mode. */
+__attribute__((noreturn)) void upcall_resume(struct xomb_frame *f);
+/* This CPU has nothing to run: halt it until the next tick (IDLE). */
+__attribute__((noreturn)) void cpu_idle(void);
