@@ -77,3 +77,16 @@ def test_quick_bench_structure(tmp_path):
     png = tmp_path / "b.png"
     if bench.write_plot(result, str(png)):
         assert png.stat().st_size > 0
+
+
+@requires_kvm
+def test_pool_refill_protocol():
+    """bench --alloc: a child with a 64-page pool allocates 1024 pages; its
+    pool runs dry again and again and its parent (xsh, which asks init in
+    turn) refills it (UP_POOL)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "vmm.cli", "run", "bench", "--alloc", "4"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "alloc ok: 4 MiB, initial pool 64 pages" in r.stdout

@@ -1,6 +1,7 @@
 /* The page allocator (see mem.h). */
 #include "mem.h"
 #include "libos.h"
+#include "process.h"
 #include "string.h"
 #include "vm.h"
 
@@ -62,7 +63,7 @@ static uint64_t scan(uint64_t from, uint64_t to, int holes, uint64_t rights)
     return 0;
 }
 
-uint64_t pool_find(uint64_t rights)
+static uint64_t pool_scan(uint64_t rights)
 {
     if (!pool.count)
         return 0;
@@ -72,6 +73,65 @@ uint64_t pool_find(uint64_t rights)
     if (va)
         pool.cursor = va;
     return va;
+}
+
+uint64_t pool_find(uint64_t rights)
+{
+    uint64_t va = pool_scan(rights);
+    if (!va && pool_refill(1) > 0)
+        va = pool_scan(rights);
+    return va;
+}
+
+/* --- the pool protocol: a child whose pool runs dry asks its parent ----- */
+
+#define REFILL_FIRST 32                 /* pages asked for the first time ... */
+#define REFILL_MAX PT_PAGES             /* ... doubling up to one page table */
+
+static int refill_off;                  /* >0: never yield for pages (see below) */
+static uint64_t refill_chunk = REFILL_FIRST;
+
+void pool_refill_block(int on)
+{
+    refill_off += on ? 1 : -1;
+}
+
+long pool_refill(uint64_t want)
+{
+    if (pool.root || refill_off)
+        return 0;
+    uint64_t n = want > refill_chunk ? want : refill_chunk;
+    if (n > REFILL_MAX)
+        n = REFILL_MAX;
+    if (refill_chunk < REFILL_MAX)
+        refill_chunk *= 2;
+    uint64_t dst = pool.end;            /* a fresh page table's worth of our pool */
+    refill_off++;
+    long r = yield_to_parent(XOMB_UP_POOL, n, dst);
+    refill_off--;
+    if (r < 0 || vm_table_depth(dst) < 3)
+        return 0;
+    /* Count what arrived (the parent says so too, but our own tables are the
+     * truth): it gave pages dst, dst + 4096, ... */
+    uint64_t got = 0;
+    while (got < n && (*vm_pt_entry(dst + got * PAGE_SIZE) & XOMB_PTE_P))
+        got++;
+    if (got) {
+        pool.end += PT_SPAN;
+        pool.count += got;
+        pool.cursor = dst;
+    }
+    return (long)got;
+}
+
+uint64_t pool_reserve(uint64_t pages)
+{
+    while (pool.count < pages) {
+        uint64_t want = pages - pool.count;
+        if (pool_refill(want > REFILL_MAX ? REFILL_MAX : want) <= 0)
+            break;
+    }
+    return pool.count;
 }
 
 void pool_consumed(uint64_t va)

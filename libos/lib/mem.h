@@ -42,6 +42,18 @@ uint64_t pool_find(uint64_t rights);
 void pool_consumed(uint64_t va);
 uint64_t pool_free_pages(void);
 
+/* The pool protocol (exokernel: memory policy is the parent's).  A child
+ * starts with a small pool; when it runs dry (pool_find finds nothing) it
+ * yields to its parent with UP_POOL (arg0 = pages wanted, arg1 = where: the
+ * next page table's worth of its pool), the parent moves pages there and
+ * yields RESUME back.  pool_refill returns the pages received (0: none, or
+ * refills are blocked: in init, while serving a child from an upcall, or
+ * while a refill is in progress).  pool_reserve refills until the pool holds
+ * `pages` (or the parent has no more) and returns the pool size. */
+long pool_refill(uint64_t want);
+uint64_t pool_reserve(uint64_t pages);
+void pool_refill_block(int on);
+
 /* A child handle went away: forget which of its tables we created. */
 void mem_forget_handle(long h);
 

@@ -2,6 +2,7 @@
  *
  *   bench [-r ROUNDS] [-q] NAME...      run the named benchmarks
  *   bench --partner                     (internal) the other address space
+ *   bench --alloc MIB                   allocate MIB MiB through the pool protocol
  *
  * init starts us in run mode XOMB_RUN_BENCH and shares its platform page
  * with us at XOMB_PLATFORM_VA: we write XOMB_PLAT_MARK there to tell the VMM
@@ -182,10 +183,44 @@ static int setup(void)
     return 0;
 }
 
+/* bench --alloc MIB: allocate far more than our initial pool (the pool
+ * protocol, mem.h: we ask our parent, who may ask its own), touch and check
+ * every page, free it all.  No platform page needed (tests/test_bench.py). */
+static int alloc_check(uint64_t mib)
+{
+    uint64_t start_pool = pool_free_pages();
+    uint64_t chunk = 256 * 1024, n = mib * 1024 * 1024 / chunk;
+    char **blocks = malloc(n * sizeof(char *));
+    if (!blocks)
+        return 1;
+    for (uint64_t i = 0; i < n; i++) {
+        blocks[i] = malloc(chunk);
+        if (!blocks[i]) {
+            printf("alloc: out of memory after %lu KiB\n", i * chunk / 1024);
+            return 1;
+        }
+        for (uint64_t o = 0; o < chunk; o += PAGE_SIZE)
+            blocks[i][o] = (char)(i + o / PAGE_SIZE);
+    }
+    for (uint64_t i = 0; i < n; i++)
+        for (uint64_t o = 0; o < chunk; o += PAGE_SIZE)
+            if (blocks[i][o] != (char)(i + o / PAGE_SIZE)) {
+                printf("alloc: page %lu of block %lu corrupted\n", o / PAGE_SIZE, i);
+                return 1;
+            }
+    for (uint64_t i = 0; i < n; i++)
+        free(blocks[i]);
+    free(blocks);
+    printf("alloc ok: %lu MiB, initial pool %lu pages\n", mib, start_pool);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--partner") == 0)
         return partner_main();
+    if (argc > 2 && strcmp(argv[1], "--alloc") == 0)
+        return alloc_check((uint64_t)atoi(argv[2]));
     if (!vm_mapped(XOMB_PLATFORM_VA)) {
         printf("bench: no platform page: run me with `xomb-vmm bench`\n");
         return 2;
