@@ -23,9 +23,9 @@
 
 #define APP_PING (UPCALL_APP_MIN + 0)
 #define BENCH_VA 0x20000000000UL                   /* 2 TiB: nobody else maps here */
-#define SHARE_SRC (BENCH_VA + 0x200000)            /* our page to share */
-#define SHARE_DST (BENCH_VA + 0x400000)            /* where the partner gets it */
-#define FAULT_VA (BENCH_VA + 0x40000000)           /* demand-paged region */
+#define SHARE_SRC (BENCH_VA + (1UL << 21))         /* our page to share */
+#define SHARE_DST (BENCH_VA + (2UL << 21))         /* where the partner gets it */
+#define FAULT_VA (BENCH_VA + (1UL << 30))          /* demand-paged region */
 
 static int quick;
 static long partner = -1;
