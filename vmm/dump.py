@@ -72,13 +72,21 @@ class Symbols:
     """Nearest-symbol lookup: address -> 'name+0x12'."""
 
     def __init__(self, symbols: dict[str, int] | None = None, max_offset: int = 0x10_0000):
-        items = sorted(((a, n) for n, a in (symbols or {}).items()), key=lambda t: (t[0], t[1]))
-        self._addrs = [a for a, _ in items]
-        self._names = [n for _, n in items]
+        self._raw = symbols or {}
+        self._sorted = None             # sorted on first lookup: not on every VM's start
         self.max_offset = max_offset
 
+    def _sort(self):
+        if self._sorted is None:
+            items = sorted(((a, n) for n, a in self._raw.items()), key=lambda t: (t[0], t[1]))
+            self._sorted = ([a for a, _ in items], [n for _, n in items])
+        return self._sorted
+
+    _addrs = property(lambda self: self._sort()[0])
+    _names = property(lambda self: self._sort()[1])
+
     def __bool__(self):
-        return bool(self._addrs)
+        return bool(self._raw)
 
     def lookup(self, addr: int) -> str | None:
         i = bisect.bisect_right(self._addrs, addr) - 1
