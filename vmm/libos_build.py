@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vmm import abi, paths
 
-PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench")
+PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench", "dmatest", "disktest")
 
 CC = os.environ.get("XOMB_CC", "gcc")
 

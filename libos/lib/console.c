@@ -18,8 +18,14 @@ void console_flush(void)
     platform_console_flush();
 }
 
+void (*console_capture)(const char *s, size_t n);
+
 void console_write(const char *s, size_t n)
 {
+    if (console_capture) {              /* the shell's `> FILE` */
+        console_capture(s, n);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         outbuf[outlen++] = s[i];
         if (s[i] == '\n' || outlen == sizeof(outbuf)) {

@@ -7,6 +7,8 @@ int putchar(int c);
 int puts(const char *s);                /* s and a newline */
 void console_write(const char *s, size_t n);
 void console_flush(void);
+/* If set, console_write() hands its bytes here instead (xsh redirection). */
+extern void (*console_capture)(const char *s, size_t n);
 int getchar(void);                      /* blocks (polls) for one byte */
 /* Read a line with echo and backspace; no newline stored.  Returns its
  * length, or -1 on end of input (^D on an empty line). */

@@ -91,6 +91,7 @@ int main(int argc, char **argv)
             printf("[init] cannot start xsh: %s\n", spawn_error());
             return 127;
         }
+        disk_grant_all(h);              /* the shell gets the disk VFs (docs/DEVICES.md) */
         return wait_status(h, 0, 0);    /* no need to take it apart: we power off */
     }
 
@@ -102,6 +103,7 @@ int main(int argc, char **argv)
         printf("[init] cannot start xsh: %s\n", spawn_error());
         return 127;
     }
+    disk_grant_all(h);
     platform_boot_timer();
     int status = wait_status(h, 0, 0);
     printf("[init] shell exited (status %d), powering off\n", status);

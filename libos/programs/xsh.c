@@ -58,6 +58,12 @@ static void help(void)
          "  exit [N]        leave the shell with status N\n"
          "  as              address spaces: our handles and what we hold\n"
          "  programs        the programs in the boot archive\n"
+         "  ls [PATH]       list a directory of the disk's file system\n"
+         "  cat FILE...     print files (each mapped as a memory region)\n"
+         "  rm PATH...      remove files or empty directories\n"
+         "  mkdir DIR...    make directories\n"
+         "  write FILE W..  write the words as a line into FILE;  df: the disk\n"
+         "  CMD ... > FILE  write a builtin's output into FILE\n"
          "anything else runs a program from the boot archive with its arguments.");
 }
 
@@ -143,6 +149,9 @@ static int run(int argc, char **argv)
         programs();
         return 0;
     }
+    int fst;
+    if (fsh_builtin(argc, argv, &fst))
+        return fst;
     const void *data;
     uint64_t size;
     if (initrd_find(cmd, &data, &size) < 0) {
@@ -154,7 +163,10 @@ static int run(int argc, char **argv)
         printf("xsh: cannot run %s\n", spawn_error());
         return 126;
     }
-    int status = wait(h);
+    int vf = fsh_lend_vf(h);            /* a spare disk VF of its own, if we have one */
+    int status = wait_status(h, 0, 0);
+    fsh_take_back_vf(h, vf);
+    proc_destroy(h);
     if (status != 0)
         printf("[exit %d]\n", status);
     return status;
@@ -172,12 +184,32 @@ static int run_line(char *line)
         printf("xsh: too many words (at most %d)\n", MAXARGS);
         return 2;
     }
+    for (int i = 0; i < argc; i++) {    /* CMD ... > FILE */
+        const char *path = !strcmp(argv[i], ">") ? argv[i + 1] :
+                           argv[i][0] == '>' ? argv[i] + 1 : 0;
+        if (!path && !strcmp(argv[i], ">"))
+            path = "";
+        if (path) {
+            if (!*path || i + 2 < argc - (argv[i][1] != 0)) {
+                puts("xsh: > needs exactly one file name, at the end");
+                return 2;
+            }
+            argv[i] = 0;
+            fsh_capture_begin();
+            int st = run(i, argv);
+            return fsh_capture_end(path) ? 1 : st;
+        }
+    }
     return run(argc, argv);
 }
 
 int main(int argc, char **argv)
 {
     static char line[LINE];
+    /* Ctrl-C while a program runs: at the next tick the kernel hands us the
+     * CPU (PREEMPT) and we destroy the program, even one that never yields. */
+    process_interrupt_check = console_take_interrupt;
+    fsh_init(argc >= 2);
     if (argc >= 2 && !strcmp(argv[1], "-c")) {
         if (argc < 3) {
             puts("xsh: -c needs a command");
