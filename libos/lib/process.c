@@ -15,7 +15,7 @@
  * emulated: ~30 us), so a child gets little and asks for more when it needs
  * it (UP_POOL, mem.h): memory policy stays in the parent. */
 #define DEFAULT_CHILD_POOL 64
-#define ROOT_CHILD_POOL_MAX 128         /* what init gives its shell to start with */
+#define ROOT_CHILD_POOL_MAX 64          /* what init gives its shell to start with (MIN_POOL) */
 #define ROOT_KEEP 256                   /* pages a parent keeps for itself */
 #define CHILD_KEEP 16
 #define POOL_EXTENTS 32                 /* 2 MiB slots of a child's pool we track */
