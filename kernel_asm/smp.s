@@ -43,6 +43,8 @@ klock_pause:
  * removed; every other CPU running it flushes its TLB before we go on.
  * Lock held.  Clobbers rax, rcx. */
 tlb_shootdown:
+    cmp byte ptr [BI_NCPUS_KVA], 1      /* one CPU: nobody else to tell */
+    jbe shoot_ret
     push rdx
     push rdi
     push rsi
@@ -85,6 +87,7 @@ shoot_done:
     pop rsi
     pop rdi
     pop rdx
+shoot_ret:
     ret
 
 /* as_busy: CF = 1 if some CPU runs the address space whose root is rax.

@@ -202,7 +202,7 @@ def _boot_state(args, cmdline: str, run_mode: int):
     kernel = load_kernel_file(args.kernel, img) if args.kernel else None
     built = _build_all()
     kernel = kernel or built.kernel
-    from vmm.bootimage import build_boot_state
+    from vmm.bootcache import build_boot_state_cached as build_boot_state
     return build_boot_state(kernel, built.programs, ram_bytes=ram,
                             host=hostinfo.host_type(), cmdline=cmdline, run_mode=run_mode,
                             tsc_khz=hostinfo.tsc_khz(args.kvm_device),
