@@ -11,15 +11,16 @@ How a breakpoint is made depends on the host (KVM_CHECK_EXTENSION and the boot i
 * VMX/SVM: ``int3`` patched into guest memory with KVM_GUESTDBG_USE_SW_BP (the exit comes
   before the guest sees the #BP); a guest #BP that is not ours (a user's own int3) is
   re-injected by the machine.  ``hbreak`` uses DR0..DR3 (KVM_GUESTDBG_USE_HW_BP).
-* PVM (this project's CI): ring-0 code is emulated and the emulator fails on ``int3``, and a
-  ring-3 int3 is never reported to the VMM.  Kernel breakpoints are a patched ``out dx, al``
-  instead (one byte, changes no register, exits as KVM_EXIT_IO; the VMM completes the write
-  without giving it to any device and puts rip back).  (``hlt`` would do too, but with the
-  in-kernel LAPIC a hlt never reaches the VMM.)  Weakness: if dx happens to hold a port of
-  the in-kernel PIC (0x20/0x21/0xa0/0xa1/0x4d0/0x4d1) KVM absorbs the write and the
-  breakpoint is missed (and the instruction under it skipped).  There
-  are no hardware breakpoints (GUEST_DEBUG_HW_BPS = 0), so ``hbreak`` falls back to the same
-  patch and says so.  Breakpoints in user code are refused on PVM (step into it instead).
+* PVM (this project's CI): ring-0 code is emulated instruction by instruction, and the
+  emulator cannot emulate ``int3``: it stops with KVM_EXIT_INTERNAL_ERROR (emulation failure)
+  *before* executing it, all state intact, rip at the int3.  A patched int3 in kernel code is
+  therefore recognised on that exit (machine.EXC_EMUL) and the vCPU simply resumes; no
+  KVM_GUESTDBG_USE_SW_BP, so the syscall gate's int3 and a user's own int3 (ring 3, native,
+  never reported to the VMM anyway) go to the guest untouched.  (Tried and dropped: ``hlt``
+  never exits with the in-kernel LAPIC; ``out dx, al`` is absorbed by the in-kernel PIC when
+  dx happens to be 0x20/0x21, e.g. a MAP of 32 pages.)  There are no hardware breakpoints
+  (GUEST_DEBUG_HW_BPS = 0), so ``hbreak`` falls back to the same patch and says so.
+  Breakpoints in user code are refused on PVM (step into it instead).
 
 Breakpoints are keyed by *physical* address (the same kernel code is mapped in every address
 space; a user page may be shared), so a hit is recognised whatever CR3 is loaded.  Stepping
@@ -87,7 +88,7 @@ class Debugger:
             self.hw_slots = machine.kvm.check_extension(lib.KVM_CAP_GUEST_DEBUG_HW_BPS)
         except Exception:
             self.hw_slots = 0
-        self.patch = OUT_DX_AL if self.pvm else INT3
+        self.patch = INT3
         self.bps: dict[int, Breakpoint] = {}
         self._next_id = 1
         self._patched: dict[int, int] = {}     # pa -> original byte
@@ -110,7 +111,7 @@ class Debugger:
         """What works on this host, and how (for `help`, docs and the gdb stub)."""
         return {
             "host": "PVM" if self.pvm else "VMX/SVM",
-            "sw_breakpoints": "patched `out dx, al` (kernel code only)" if self.pvm else "int3 + USE_SW_BP",
+            "sw_breakpoints": "int3, seen as an emulation failure (kernel code only)" if self.pvm else "int3 + USE_SW_BP",
             "hw_breakpoints": (f"{self.hw_slots} debug registers" if self.hw_slots and not self.pvm
                                else "none (GUEST_DEBUG_HW_BPS=0): hbreak = patched breakpoint"),
             "single_step": "KVM_GUESTDBG_SINGLESTEP",
@@ -201,7 +202,7 @@ class Debugger:
                 pa = self.translate(va)
                 if pa is None:
                     raise DebugError(f"{va:#x} is not mapped in the current address space")
-            method = "out" if self.pvm else "int3"
+            method = "int3"
             note = ""
             if kind == "hbreak":
                 if self.hw_slots and not self.pvm and va is not None and len(self._hw_list()) < 4:
@@ -353,6 +354,11 @@ class Debugger:
             regs.rip = pc
             m.vcpu.set_regs(regs)
             return self._hit(pa, pc, regs)
+        if exc == 258:                              # PVM: emulation failure on our int3
+            pa = self.translate(pc)
+            if pa is None or pa not in self._patched:
+                return False
+            return self._hit(pa, pc, m.vcpu.get_regs())
         if exc in (3, 256):                         # int3 (VMX) / hlt (EXC_HLT)
             pa = self.translate(pc)
             if pa is None or pa not in self._patched:

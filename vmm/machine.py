@@ -38,6 +38,9 @@ EXC_HLT = 256
 # ... and for a one-byte port write (`out dx, al`; pc = rip at the exit, which is the
 # instruction on VMX and the one after it on PVM).
 EXC_OUT = 257
+# ... and for an emulation failure at pc (PVM emulates ring 0 and cannot emulate `int3`: a
+# debugger's int3 in kernel code exits this way, nothing executed, state intact).
+EXC_EMUL = 258
 
 
 class MachineError(Exception):
@@ -142,6 +145,8 @@ class Machine:
             v = self.vm.create_vcpu(i)
             v.index = i
             setup_boot_vcpu(self.kvm, v, cpus[i])
+            if i:
+                v.set_runnable()
             self.vcpus.append(v)
         self._dispatch = {
             lib.KVM_EXIT_IO: self._exit_io,
@@ -529,6 +534,11 @@ class Machine:
 
     def _exit_internal(self, reason):
         e = self.vcpu.internal
+        if self.debug_handlers and e.suberror == 1:   # PVM: the emulator refuses a patched int3
+            pc = self.vcpu.get_regs().rip
+            for h in list(self.debug_handlers):
+                if h(self, EXC_EMUL, pc, 0):
+                    return
         sub = INTERNAL_SUBERRORS.get(e.suberror, f"suberror {e.suberror}")
         data = " ".join(f"{e.data[i]:#x}" for i in range(min(e.ndata, 16)))
         self._fail(self.STATUS_VMM_ERROR, f"KVM internal error: {sub}",
