@@ -27,7 +27,7 @@ import threading
 import time
 
 from vmm import abi
-from devices.base import Device, device_thread
+from devices.base import Device, _block_signals, device_thread
 from devices.iommu import IommuFault, iommu_for
 
 _U32 = struct.Struct("<I")
@@ -40,6 +40,7 @@ BS = abi.DISK_BLOCK
 MASK32 = 0xFFFF_FFFF
 SPIN_S = 0.0002             # keep polling this long after the queue empties
 WAIT_TIMEOUT = 0.05
+PARALLEL_BYTES = 256 << 10    # a batch moving this much runs its I/O on a small pool
 TRACE = [] if os.environ.get('XOMB_DISK_TRACE') else None
 
 
@@ -109,11 +110,13 @@ class Disk(Device):
         self.log: list[str] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._executor = None
 
     # ------------------------------------------------------------------ attach
     def attach(self, machine) -> None:
         super().attach(machine)
         self.iommu = iommu_for(machine)
+        self.iommu.devices.append(self)
         self.mem = machine.mem.view
         for vf in self.vfs:
             page = abi.DEV_DISK_VF0 + vf.index
@@ -147,6 +150,9 @@ class Disk(Device):
         for t in self._threads:
             t.join(timeout=2.0)
         self._threads = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self.machine.stats["disk"] = self.stats()
         if TRACE is not None:
             with open(os.environ['XOMB_DISK_TRACE'], 'w') as f:
@@ -329,10 +335,11 @@ class Disk(Device):
                 return True
             done = 0
             vf.stalled = False
+            batch: list = []            # (cid, status, result, job): I/O runs after the fetch
             while vf.sq_head != tail:
                 cq_head = _U32.unpack_from(m, spa + abi.DS_CQ_HEAD)[0]
-                if ((vf.cq_tail - cq_head) & MASK32) >= vf.qsize:
-                    vf.stalled = True
+                if ((vf.cq_tail - cq_head) & MASK32) + len(batch) >= vf.qsize:
+                    vf.stalled = not batch
                     break               # completion queue full: wait for the driver
                 try:
                     (sqe_pa, _), = io.translate(vf.root, vf.sq_va + (vf.sq_head % vf.qsize)
@@ -344,58 +351,114 @@ class Disk(Device):
                     return True
                 op, _fl, cid, nblk, lba, buf = _SQE.unpack_from(m, sqe_pa)
                 vf.sq_head = (vf.sq_head + 1) & MASK32
-                status, result = self._execute(vf, op, nblk, lba, buf)
+                batch.append((cid, op) + self._prepare(vf, op, nblk, lba, buf))
+            self._run_jobs(vf, batch)
+            for cid, _op, status, result, _job in batch:
                 if not self._complete(vf, spa, cid, status, result):
                     return True
                 done += 1
             _U32.pack_into(m, spa + abi.DS_SQ_HEAD, vf.sq_head)
             return done > 0
 
-    def _execute(self, vf: VF, op: int, nblk: int, lba: int, buf: int) -> tuple[int, int]:
+    def _run_jobs(self, vf: VF, batch: list) -> None:
+        """Do the batch's I/O: reads and writes between two flushes/discards run in
+        parallel when they are big (preadv/pwritev release the GIL), a flush only after
+        everything before it.  Fills in each entry's (status, result)."""
+        group: list[int] = []
+
+        def run_group():
+            if len(group) > 1 and sum(batch[i][3] for i in group) >= PARALLEL_BYTES:
+                results = list(self._pool().map(lambda i: batch[i][4](), group))
+            else:
+                results = [batch[i][4]() for i in group]
+            for i, (st, res) in zip(group, results):
+                cid, op = batch[i][:2]
+                batch[i] = (cid, op, st, res, None)
+                if st:
+                    self._err(vf, st)
+            group.clear()
+
+        for i, (cid, op, st, res, job) in enumerate(batch):
+            if job is None:
+                continue
+            if op in (abi.DOP_READ, abi.DOP_WRITE):
+                group.append(i)
+                continue
+            run_group()
+            st, res = job()
+            batch[i] = (cid, op, st, res, None)
+            if st:
+                self._err(vf, st)
+        run_group()
+
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(4, thread_name_prefix="disk-io",
+                                                initializer=_block_signals)
+        return self._executor
+
+    def _prepare(self, vf: VF, op: int, nblk: int, lba: int, buf: int):
+        """Check a command and translate its buffer (in submission order, under the
+        VF lock).  Returns (status, result, job): job() does the I/O and returns
+        (status, result); a refused command has no job."""
         vf.stats["commands"] += 1
         if op not in (abi.DOP_READ, abi.DOP_WRITE, abi.DOP_FLUSH, abi.DOP_DISCARD):
-            return self._err(vf, abi.DST_BAD_OPCODE)
+            return self._err(vf, abi.DST_BAD_OPCODE) + (None,)
+        fd = self.fd
         if op == abi.DOP_FLUSH:
             vf.stats["flushes"] += 1
-            try:
-                os.fsync(self.fd)
-            except OSError:
-                return self._err(vf, abi.DST_IO_ERROR)
-            return abi.DST_OK, 0
+
+            def flush():
+                try:
+                    os.fsync(fd)
+                except OSError:
+                    return abi.DST_IO_ERROR, 0
+                return abi.DST_OK, 0
+            return abi.DST_OK, 0, flush
         if nblk == 0 or nblk > abi.DISK_MAX_BLOCKS:
-            return self._err(vf, abi.DST_TOO_LONG)
+            return self._err(vf, abi.DST_TOO_LONG) + (None,)
         if lba >= vf.nblocks or nblk > vf.nblocks - lba:
-            return self._err(vf, abi.DST_LBA_RANGE)
+            return self._err(vf, abi.DST_LBA_RANGE) + (None,)
         off = (vf.start + lba) * BS
         n = nblk * BS
         if op == abi.DOP_DISCARD:
-            try:
-                if _FALLOCATE is None or _FALLOCATE(self.fd, 3, off, n) != 0:
-                    os.pwrite(self.fd, bytes(n), off)
-            except OSError:
-                return self._err(vf, abi.DST_IO_ERROR)
-            return abi.DST_OK, 0
+            def discard():
+                try:
+                    if _FALLOCATE is None or _FALLOCATE(fd, 3, off, n) != 0:
+                        os.pwrite(fd, bytes(n), off)
+                except OSError:
+                    return abi.DST_IO_ERROR, 0
+                return abi.DST_OK, 0
+            return abi.DST_OK, 0, discard
         access = abi.IOMMU_W if op == abi.DOP_READ else abi.IOMMU_R
         try:
             runs = self.iommu.translate(vf.root, buf, n, access, vf.index, vf.cache)
         except IommuFault as f:
             self._fault(vf, f.record)
-            return abi.DST_IOMMU_FAULT, 0
+            return abi.DST_IOMMU_FAULT, 0, None
         m = self.mem
         bufs = [m[pa:pa + k] for pa, k in runs]
-        try:
-            if op == abi.DOP_READ:
-                got = os.preadv(self.fd, bufs, off)
+        vf.stats["bytes"] += n
+        if op == abi.DOP_READ:
+            def read():
+                try:
+                    got = os.preadv(fd, bufs, off)
+                except OSError:
+                    return abi.DST_IO_ERROR, 0
                 if got < n:             # past the end of a short (sparse) image: zeros
                     self._zero_tail(bufs, got)
-            else:
-                got = os.pwritev(self.fd, bufs, off)
-                if got != n:
-                    return self._err(vf, abi.DST_IO_ERROR)
-        except OSError:
-            return self._err(vf, abi.DST_IO_ERROR)
-        vf.stats["bytes"] += n
-        return abi.DST_OK, n
+                return abi.DST_OK, n
+            return abi.DST_OK, n, read
+
+        def write():
+            try:
+                if os.pwritev(fd, bufs, off) != n:
+                    return abi.DST_IO_ERROR, 0
+            except OSError:
+                return abi.DST_IO_ERROR, 0
+            return abi.DST_OK, n
+        return abi.DST_OK, n, write
 
     @staticmethod
     def _zero_tail(bufs, got):

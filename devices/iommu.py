@@ -35,6 +35,11 @@ from dataclasses import dataclass
 
 from vmm import abi
 
+try:                                    # vectorised translation of large ranges
+    import numpy as _np
+except ImportError:                     # pragma: no cover - the pure path does it all
+    _np = None
+
 _U64 = struct.Struct("<Q")
 _FAULT = struct.Struct("<QIIIIQ")
 assert _FAULT.size == abi.FAULT_REC
@@ -82,6 +87,8 @@ class Iommu:
         self.faults: collections.deque[IommuRecord] = collections.deque(maxlen=keep)
         self.fault_count = 0
         self.translations = 0
+        self.devices: list = []         # devices that DMA through us (for reports)
+        self._ft = None                 # numpy view of the frame table
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- memory
@@ -162,12 +169,73 @@ class Iommu:
             return -abi.IOMMU_NOT_RAM
         return pa
 
+    def _upper(self, root: int, va: int, access: int) -> int | None:
+        """Physical address of the PT covering va if every upper level allows the
+        access (P, U, and W for a device write; no large page), else None."""
+        need = abi.PTE_P | abi.PTE_U | (abi.PTE_W if access & abi.IOMMU_W else 0)
+        table = root & _LEAF_ADDR
+        for shift in (39, 30, 21):
+            try:
+                e = self._u64(table + ((va >> shift) & 511) * 8)
+            except ValueError:
+                return None
+            if e & need != need or e & abi.PTE_PS:
+                return None
+            table = e & _LEAF_ADDR
+        return table if table + PAGE <= self.ram_bytes else None
+
+    def _translate_np(self, root: int, va: int, n: int, access: int, endpoint: int):
+        """The same rules as check_page, a page table (2 MiB) at a time with numpy.
+        Returns runs, or None to let the page-at-a-time path find the fault."""
+        need = abi.PTE_P | abi.PTE_U | (abi.PTE_W if access & abi.IOMMU_W else 0)
+        if self._ft is None:
+            self._ft = _np.frombuffer(self.view, dtype="<u8", count=self.nframes,
+                                      offset=abi.FRAMES_PHYS)
+        runs: list[tuple[int, int]] = []
+        end = va + n
+        if va < 0 or end > abi.USER_LIMIT:
+            return None
+        while va < end:
+            stop = min(end, (va | ((1 << 21) - 1)) + 1)
+            pt = self._upper(root, va, access)
+            if pt is None:
+                return None
+            i0 = (va >> 12) & 511
+            k = ((stop - 1) >> 12) - (va >> 12) + 1
+            e = _np.frombuffer(self.view, dtype="<u8", count=k, offset=pt + i0 * 8)
+            if ((e & need) != need).any():
+                return None
+            pas = e & _LEAF_ADDR
+            if int(pas.max()) + PAGE > self.ram_bytes:
+                return None
+            if ((self._ft[pas >> 12] >> abi.FT_TYPE_SHIFT) & 0xFF != abi.FT_DATA).any():
+                return None
+            breaks = _np.nonzero(_np.diff(pas.astype(_np.int64)) != PAGE)[0]
+            first = int(pas[0]) + (va & (PAGE - 1))
+            starts = [0] + [int(b) + 1 for b in breaks]
+            for j, s0 in enumerate(starts):
+                s1 = starts[j + 1] if j + 1 < len(starts) else k
+                lo = first if s0 == 0 else int(pas[s0])
+                hi = int(pas[s1 - 1]) + PAGE
+                if s1 == k:
+                    hi = int(pas[k - 1]) + ((stop - 1) & (PAGE - 1)) + 1
+                if runs and runs[-1][0] + runs[-1][1] == lo:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + hi - lo)
+                else:
+                    runs.append((lo, hi - lo))
+            va = stop
+        return runs
+
     def translate(self, root: int, va: int, n: int, access: int, endpoint: int,
                   cache: dict | None = None) -> list[tuple[int, int]]:
         """Physical runs covering [va, va+n) for a DMA with `access`, or IommuFault
         (nothing is transferred: the whole range is checked first)."""
         runs: list[tuple[int, int]] = []
         self.translations += 1
+        if _np is not None and n > 4 * PAGE:
+            fast = self._translate_np(root, va, n, access, endpoint)
+            if fast is not None:
+                return fast
         end = va + n
         while va < end:
             page = va & ~(PAGE - 1)
@@ -203,6 +271,17 @@ class Iommu:
                  f"{self.fault_count} faults"]
         lines += [f"  {r}" for r in list(self.faults)[-20:]]
         return "\n".join(lines)
+
+
+    def inspect(self) -> dict:
+        """For the inspection console's `iommu` command (vmm/inspect.py)."""
+        return {"iommu": "shared virtual addressing", "translations": self.translations,
+                "faults": self.fault_count,
+                "records": [{"seq": r.seq, "endpoint": r.endpoint, "address": r.address,
+                             "access": r.access, "reason": REASONS.get(r.reason, r.reason),
+                             "root": r.root} for r in list(self.faults)[-50:]],
+                "message": self.report() + "".join(
+                    "\n" + d.report() for d in self.devices)}
 
 
 def iommu_for(machine) -> Iommu:

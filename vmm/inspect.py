@@ -506,6 +506,9 @@ class Inspector:
                 "exits": dict(getattr(self.m, "device_exits", {}))}
 
     def iommu(self) -> dict:
+        io = getattr(self.m, "iommu", None)         # devices/iommu.py (with a --disk)
+        if io is not None and hasattr(io, "inspect"):
+            return io.inspect()
         for d in getattr(self.m, "devices", []):
             if "iommu" in getattr(d, "name", "") and hasattr(d, "inspect"):
                 return d.inspect()
