@@ -34,7 +34,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks, KsError
+# keystone itself (~11 ms to import) is loaded only when the kernel is assembled:
+# an up-to-date kernel costs nothing at boot.  Its mode constants, fixed by its API:
+KS_MODE_32, KS_MODE_64 = 1 << 2, 1 << 3
 
 from . import abi, paths
 
@@ -160,10 +162,11 @@ def _undefined(text: str) -> list[str]:
 
 def _assemble(text: str, addr: int, mode: int, what: str) -> bytes:
     # No sym_resolver: setting one makes keystone 0.9.2 read decimals as hex.
-    ks = Ks(KS_ARCH_X86, mode)
+    import keystone
+    ks = keystone.Ks(keystone.KS_ARCH_X86, mode)
     try:
         enc, _ = ks.asm(text, addr)
-    except KsError as e:
+    except keystone.KsError as e:
         missing = _undefined(text) if "SYMBOL_MISSING" in str(e) or "symbol" in str(e) else []
         where = f" (undefined: {', '.join(missing)})" if missing else ""
         raise KernelBuildError(f"{what}: keystone: {e}{where}") from None
