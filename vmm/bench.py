@@ -36,6 +36,8 @@ from pathlib import Path
 
 from vmm import abi, paths
 
+EXC_EMUL = 258          # vmm.machine.EXC_EMUL: an emulation failure at pc (our int3)
+
 LINUX_SRC = Path(__file__).with_name("bench_linux.c")
 
 
@@ -116,14 +118,16 @@ class InsnCounter:
     single-step the window; and an int3 breakpoint in (emulated) ring 0 is an
     emulation failure.  So, while the window is open:
 
-    * every kernel entry stub (vec0..vec31, from the kernel's symbols) starts
-      with an `out dx, al` (one byte, 0xee) we write into guest RAM: entering
-      the kernel exits to us (KVM_EXIT_IO; a `hlt` just halts in the host);
-    * there we put the original byte back, move rip back onto it and
-      single-step (ring 0 is emulated here: one KVM_EXIT_DEBUG per
-      instruction) until an exit's pc is a user address: the kernel has
-      returned to ring 3; we stop stepping before the CPU runs a user
-      instruction, and re-arm the stubs.
+    * the first byte of every kernel entry (`vec3`: the gate's and user int3's
+      vector; `exc_common`: where every exception stub jumps) becomes an int3;
+      the emulator cannot emulate it and exits (KVM internal error, emulation
+      failure, nothing executed), which the machine hands to its debug
+      handlers as EXC_EMUL (an `out dx, al` would do, but the in-kernel PIC
+      absorbs it when dx happens to be 0x20; a `hlt` just halts in the host);
+    * there we put the original byte back and single-step (ring 0 is
+      emulated here: one KVM_EXIT_DEBUG per instruction) until the next
+      instruction is sysretq/iretq: counted, then stepping stops before the
+      CPU runs a user instruction, and the entries are armed again.
 
     Each step exit is one executed instruction; the exit's pc is the next
     one, so the executed instruction is the previous pc (kept in `trace`).
@@ -134,7 +138,6 @@ class InsnCounter:
 
     def __init__(self, machine, symbols: dict[str, int] | None = None):
         import re
-        from vmm.kvm import lib
         self.m = machine
         self.active = False
         self.stepping = False
@@ -143,10 +146,9 @@ class InsnCounter:
         self.entries: dict[int, int] = {}           # kernel va -> phys
         self._prev = None
         syms = symbols if symbols is not None else (getattr(machine.boot, "symbols", None) or {})
-        # Exceptions: armed at exc_common, not at the stubs (on this host an
-        # exit on the first instruction after a user exception's delivery
-        # breaks the delivery); each stub's own instructions (push [0], push
-        # vector, jmp exc_common) are counted from its bytes.
+        # Exceptions: one breakpoint at exc_common, where every stub jumps;
+        # each stub's own instructions (push [0], push vector, jmp
+        # exc_common) are counted from its bytes.
         self.stub_len: dict[int, int] = {}
         for name in ("vec3", "exc_common"):
             if syms.get(name, 0) >= abi.KBASE:
@@ -157,8 +159,6 @@ class InsnCounter:
         self._orig = {pa: bytes(machine.mem.read(pa, 1)) for pa in self.entries.values()}
         self.vec3 = syms.get("vec3")
         machine.debug_handlers.append(self._on_debug)
-        self._io = machine._dispatch[lib.KVM_EXIT_IO]
-        machine._dispatch[lib.KVM_EXIT_IO] = self._on_io
 
     @staticmethod
     def _stub_insns(mem, va: int) -> int:
@@ -181,7 +181,7 @@ class InsnCounter:
 
     def _arm(self):
         for pa in self.entries.values():
-            self.m.mem.write(pa, b"\xee")
+            self.m.mem.write(pa, b"\xcc")
 
     def _disarm(self):
         for pa, b in self._orig.items():
@@ -206,15 +206,10 @@ class InsnCounter:
         c.pop("user", None)
         return c
 
-    def _on_io(self, reason):
-        if not self.active:
-            return self._io(reason)
-        regs = self.m.vcpu.get_regs()
-        pc = regs.rip if regs.rip in self.entries else regs.rip - 1
-        if pc not in self.entries:
-            return self._io(reason)
+    def _enter(self, pc: int):
+        """An armed kernel entry was reached (nothing of it executed yet)."""
         self._disarm()
-        self.m.vcpu.set_regs(regs, rip=pc)
+        regs = self.m.vcpu.get_regs()
         self.counts["entries"] += 1
         if pc != self.vec3:                         # exc_common: [rsp] = vector
             vector = self.m.mem.read_u64(regs.rsp - abi.KBASE)
@@ -228,7 +223,12 @@ class InsnCounter:
         self.m.set_debug(self.OWNER, singlestep=True)
 
     def _on_debug(self, m, exception, pc, dr6) -> bool:
-        if not (self.active and self.stepping):
+        if not self.active:
+            return False
+        if not self.stepping:
+            if exception in (EXC_EMUL, 3) and pc in self.entries:
+                self._enter(pc)
+                return True
             return False
         prev = self._prev
         self.counts[self.where(prev)] += 1
