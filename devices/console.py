@@ -83,7 +83,9 @@ class Ring:
         return _U32.unpack_from(self.page, off)[0]
 
     def _set(self, off, v):
-        _U32.pack_into(self.page, off, v & MASK32)
+        # not pack_into: CPython zeroes the destination before packing, and the guest
+        # reads these indices concurrently (a transient 0 would be a bogus index)
+        self.page[off:off + 4] = _U32.pack(v & MASK32)
 
     head = property(lambda s: s._get(abi.RING_HEAD), lambda s, v: s._set(abi.RING_HEAD, v))
     tail = property(lambda s: s._get(abi.RING_TAIL), lambda s, v: s._set(abi.RING_TAIL, v))

@@ -36,8 +36,16 @@ _SQE = struct.Struct("<BBHIQQ")          # opcode flags cid nblocks lba buf
 _CQE_HEAD = struct.Struct("<IHH")        # result sq_head cid
 _U16 = struct.Struct("<H")
 _LABEL = struct.Struct("<QII")
+_ENABLED = struct.Struct("<IIIIQQQIIII")     # status page from DS_SQ_TAIL to DS_VF
 BS = abi.DISK_BLOCK
 MASK32 = 0xFFFF_FFFF
+
+
+def _put(mem, off: int, st: struct.Struct, *vals) -> None:
+    """Store into memory the guest is reading concurrently.  Never struct.pack_into:
+    CPython zeroes the destination before packing, so a polling driver can see a
+    transient 0 -- a completion status of 0 carries a valid phase bit on odd passes."""
+    mem[off:off + st.size] = st.pack(*vals)
 SPIN_S = 0.0002             # keep polling this long after the queue empties
 WAIT_TIMEOUT = 0.05
 PARALLEL_BYTES = 256 << 10    # a batch moving this much runs its I/O on a small pool
@@ -227,7 +235,7 @@ class Disk(Device):
             fn = _U32.unpack_from(s, spa + abi.DS_SETUP_FAULT_N)[0]
             if qsize < 2 or qsize > abi.DISK_MAX_QSIZE or qsize & (qsize - 1) or \
                     sq & (abi.SQE_SIZE - 1) or cq & (abi.CQE_SIZE - 1):
-                _U32.pack_into(s, spa + abi.DS_STATE, abi.DSTATE_UNBOUND)
+                _put(s, spa + abi.DS_STATE, _U32, abi.DSTATE_UNBOUND)
                 self._note(f"vf {vf.index}: enable refused: bad queue setup (qsize {qsize})")
                 return False
             vf.root, vf.vf_va, vf.status_va = root, vf_va & ~(abi.PAGE - 1), status_va
@@ -236,9 +244,8 @@ class Disk(Device):
             vf.sq_head = vf.cq_tail = vf.fault_seq = 0
             vf.stalled = False
             vf.cache = {}
-            struct.pack_into("<IIIIQQQII", s, spa, 0, 0, 0, abi.DSTATE_READY, 0, 0,
-                             vf.nblocks, BS, abi.DISK_MAX_BLOCKS)
-            struct.pack_into("<II", s, spa + abi.DS_SQ_HEAD, 0, vf.index)
+            _put(s, spa, _ENABLED, 0, 0, 0, abi.DSTATE_READY, 0, 0, vf.nblocks, BS,
+                 abi.DISK_MAX_BLOCKS, 0, vf.index)
             vf.ready = True
             self._note(f"vf {vf.index}: bound to root {root:#x} (register page at {vf_va:#x}, "
                        f"{qsize} entries)")
@@ -283,7 +290,7 @@ class Disk(Device):
                     not self.iommu.holds(vf.root, vf.vf_va, vf.frame_pa) or \
                     self.iommu.check_page(vf.root, vf.status_va, abi.IOMMU_W) != spa:
                 return False
-            _U32.pack_into(self.mem, spa + abi.DS_WAITING, value)
+            _put(self.mem, spa + abi.DS_WAITING, _U32, value)
             return True
 
     def _pending(self, vf: VF, spa: int) -> bool:
@@ -330,7 +337,7 @@ class Disk(Device):
                 vf.stats["errors"] += 1
                 self._bump(spa + abi.DS_ERRORS)
                 vf.sq_head = tail
-                _U32.pack_into(m, spa + abi.DS_SQ_HEAD, tail)
+                _put(m, spa + abi.DS_SQ_HEAD, _U32, tail)
                 self._complete(vf, spa, 0xFFFF, abi.DST_BAD_DOORBELL, 0)
                 return True
             done = 0
@@ -357,7 +364,7 @@ class Disk(Device):
                 if not self._complete(vf, spa, cid, status, result):
                     return True
                 done += 1
-            _U32.pack_into(m, spa + abi.DS_SQ_HEAD, vf.sq_head)
+            _put(m, spa + abi.DS_SQ_HEAD, _U32, vf.sq_head)
             return done > 0
 
     def _run_jobs(self, vf: VF, batch: list) -> None:
@@ -477,7 +484,7 @@ class Disk(Device):
         return code, 0
 
     def _bump(self, pa: int):
-        _U64.pack_into(self.mem, pa, _U64.unpack_from(self.mem, pa)[0] + 1)
+        _put(self.mem, pa, _U64, _U64.unpack_from(self.mem, pa)[0] + 1)
 
     def _complete(self, vf: VF, spa: int, cid: int, status: int, result: int) -> bool:
         try:
@@ -490,8 +497,8 @@ class Disk(Device):
             return False
         phase = ((vf.cq_tail // vf.qsize) & 1) ^ 1
         m = self.mem
-        _CQE_HEAD.pack_into(m, pa, result & MASK32, vf.sq_head & 0xFFFF, cid)
-        _U16.pack_into(m, pa + abi.CQE_STATUS, (status << 1) | phase)   # last: publishes
+        _put(m, pa, _CQE_HEAD, result & MASK32, vf.sq_head & 0xFFFF, cid)
+        _put(m, pa + abi.CQE_STATUS, _U16, (status << 1) | phase)   # last: publishes
         if TRACE is not None:
             TRACE.append((vf.index, vf.cq_tail, cid, status, phase, pa))
         vf.cq_tail = (vf.cq_tail + 1) & MASK32

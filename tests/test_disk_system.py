@@ -117,7 +117,7 @@ def test_kill_9_during_writes_keeps_every_flushed_write(image):
     last = acked[-1]
     with xofs.Fs.open(str(image), 1) as fs:            # it still mounts, and is clean
         assert fs.check() == []
-        for slot in range(64):          # every acknowledged write is there (or newer)
+        for slot in range(min(64, last + 1)):   # every acknowledged write is there (or newer)
             i = max(j for j in range(last + 1) if j % 64 == slot)
             got = fs.read(f"/churn/{slot}")
             newer = [_churn_payload(j) for j in range(i, last + 3) if j % 64 == slot]

@@ -138,6 +138,7 @@ int disk_io(struct disk *d, unsigned op, uint64_t lba, uint32_t nblocks, void *b
             return DISK_TIMEOUT;
         cpu_relax();
     }
+    d->last = c;
     return c.status >> 1;
 }
 

@@ -41,6 +41,7 @@ struct disk {
     uint32_t max_blocks, vf;
     uint64_t faults_seen;       /* DS_FAULTS we have already reported */
     uint64_t doorbells;         /* how often we rang */
+    struct disk_cqe last;       /* the last completion disk_io() took */
 };
 
 #define DS32(d, off) (*(volatile uint32_t *)((d)->st + (off)))

@@ -28,14 +28,24 @@ static void attack(const char *what, uint64_t addr, unsigned reason, unsigned ac
     char det[96];
     snprintf(det, sizeof(det), "%s, fault: %s at 0x%lx reason %u", disk_status_name(st),
              nf ? "yes" : "no", nf ? f->address : 0, nf ? f->reason : 0);
-    check(what, st == XOMB_DST_IOMMU_FAULT && nf == 1 && f->reason == reason &&
-          f->access == access && f->endpoint == d.vf, det);
+    int good = st == XOMB_DST_IOMMU_FAULT && nf == 1 && f->reason == reason &&
+               f->access == access && f->endpoint == d.vf;
+    check(what, good, det);
+    if (!good)
+        printf("  last: status %x cid %u head %u\n", d.last.status, d.last.cid, d.last.sq_head);
+    if (!good)
+        for (unsigned i = 0; i < d.qsize; i++)
+            printf("  cq[%u] = res %u head %u cid %u status %x   (cq_head %u) sq %u/%u\n", i,
+                   d.cq[i].result, d.cq[i].sq_head, d.cq[i].cid, d.cq[i].status, d.cq_head,
+                   d.sq_tail, DS32(&d, XOMB_DS_SQ_HEAD));
 }
 
 static void malformed(const char *what, unsigned op, uint64_t lba, uint32_t n, unsigned want)
 {
     int st = disk_io(&d, op, lba, n, buf);
     check(what, st == (int)want, disk_status_name(st));
+    if (st != (int)want)
+        printf("  last: status %x cid %u head %u\n", d.last.status, d.last.cid, d.last.sq_head);
     if (st != (int)want)
         for (unsigned i = 0; i < d.qsize; i++)
             printf("  cq[%u] = res %u head %u cid %u status %x   (cq_head %u)\n", i,
