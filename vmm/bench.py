@@ -625,6 +625,13 @@ def main(args) -> int:
                        kernel_file=args.kernel,
                        progress=lambda s: err.print(f"[dim]xomb-vmm bench: {s}[/dim]"))
     print_report(result)
+    try:                                # the disk rows (vmm/diskbench.py, docs/DEVICES.md)
+        from vmm.diskbench import disk_bench_rows, format_rows
+        err.print("[dim]xomb-vmm bench: disk: a VF of a fresh image vs host pread/pwrite ...[/dim]")
+        result["disk"] = disk_bench_rows(quick=args.quick, kvm_path=args.kvm_device)
+        print(format_rows(result["disk"]))
+    except Exception as exc:            # never lose the other rows over the disk
+        err.print(f"xomb-vmm bench: disk rows skipped: {exc}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
