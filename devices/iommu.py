@@ -48,6 +48,21 @@ REASONS = {abi.IOMMU_NOT_MAPPED: "not mapped", abi.IOMMU_READ_ONLY: "read-only",
            abi.IOMMU_KERNEL: "kernel memory", abi.IOMMU_NOT_RAM: "not RAM"}
 PAGE = abi.PAGE
 _LEAF_ADDR = abi.PTE_ADDR
+_AD = abi.PTE_A | abi.PTE_D                   # set by the CPU: ignored when comparing runs
+_DATA_TYPES = bytes([abi.FT_DATA]) * 512
+_RUNS: dict[int, tuple[int, int, int]] = {}
+
+
+def _run_consts(k: int) -> tuple[int, int, int]:
+    """(R, S, M) for k packed u64 entries: entries e, e+4096, ... pack to e*R + S, and
+    M clears the A/D bits of every entry (pagetable.py's progression trick)."""
+    c = _RUNS.get(k)
+    if c is None:
+        r = ((1 << (64 * k)) - 1) // ((1 << 64) - 1)
+        step = sum((i * PAGE) << (64 * i) for i in range(k))
+        mask = (((1 << 64) - 1) & ~_AD) * r
+        c = _RUNS[k] = (r, step, mask)
+    return c
 
 
 @dataclass
@@ -184,6 +199,35 @@ class Iommu:
             table = e & _LEAF_ADDR
         return table if table + PAGE <= self.ram_bytes else None
 
+    def _translate_run(self, root: int, va: int, n: int, access: int):
+        """The common case in one compare: [va, va+n) inside one page table, mapped to
+        physically contiguous frames with identical rights (A/D bits aside), all FT_DATA.
+        Returns [(pa, n)] or None (then the general paths decide)."""
+        end = va + n
+        if va < 0 or end > abi.USER_LIMIT or (va >> 21) != ((end - 1) >> 21):
+            return None
+        pt = self._upper(root, va, access)
+        if pt is None:
+            return None
+        need = abi.PTE_P | abi.PTE_U | (abi.PTE_W if access & abi.IOMMU_W else 0)
+        i0 = (va >> 12) & 511
+        k = ((end - 1) >> 12) - (va >> 12) + 1
+        raw = self.view[pt + i0 * 8:pt + (i0 + k) * 8]
+        e0 = _U64.unpack_from(raw, 0)[0] & ~_AD
+        if e0 & need != need or e0 & abi.PTE_PS:
+            return None
+        r, step, mask = _run_consts(k)
+        if int.from_bytes(raw, "little") & mask != e0 * r + step:
+            return None
+        pa0 = e0 & _LEAF_ADDR
+        if pa0 + k * PAGE > self.ram_bytes:
+            return None
+        ft = self.view[abi.FRAMES_PHYS + (pa0 >> 12) * 8 + 4:
+                       abi.FRAMES_PHYS + (pa0 >> 12) * 8 + k * 8:8]
+        if ft.tobytes() != _DATA_TYPES[:k]:
+            return None
+        return [(pa0 + (va & (PAGE - 1)), n)]
+
     def _translate_np(self, root: int, va: int, n: int, access: int, endpoint: int):
         """The same rules as check_page, a page table (2 MiB) at a time with numpy.
         Returns runs, or None to let the page-at-a-time path find the fault."""
@@ -232,6 +276,10 @@ class Iommu:
         (nothing is transferred: the whole range is checked first)."""
         runs: list[tuple[int, int]] = []
         self.translations += 1
+        if n > 2 * PAGE:
+            fast = self._translate_run(root, va, n, access)
+            if fast is not None:
+                return fast
         if _np is not None and n > 4 * PAGE:
             fast = self._translate_np(root, va, n, access, endpoint)
             if fast is not None:

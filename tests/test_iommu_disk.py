@@ -326,3 +326,23 @@ def test_vectorised_translation_matches_the_page_walk(world):
     assert io._translate_np(CHILD_ROOT, BUF, 3 * PAGE, abi.IOMMU_W, 0) is None
     assert io._translate_np(CHILD_ROOT, RO, PAGE, abi.IOMMU_W, 0) is None
     assert io._translate_np(CHILD_ROOT, RO, PAGE, abi.IOMMU_R, 0) == [(world.pa[RO], PAGE)]
+
+
+def test_one_compare_run_path(world):
+    """Contiguous runs are recognised with one big-integer compare; anything else
+    (holes, rights, a break in contiguity) falls back and faults the same way."""
+    io = Iommu(world.mem, RAM, INIT_ROOT)
+    contiguous = world.pa[BUF + PAGE] == world.pa[BUF] + PAGE
+    got = io._translate_run(CHILD_ROOT, BUF + 8, 2 * PAGE - 16, abi.IOMMU_W)
+    assert got == ([(world.pa[BUF] + 8, 2 * PAGE - 16)] if contiguous else None)
+    assert io._translate_run(CHILD_ROOT, BUF, 3 * PAGE, abi.IOMMU_W) is None     # a hole
+    assert io._translate_run(CHILD_ROOT, RO, PAGE, abi.IOMMU_W) is None          # read-only
+    assert io._translate_run(CHILD_ROOT, RO, PAGE, abi.IOMMU_R) == [(world.pa[RO], PAGE)]
+    # the CPU's accessed/dirty bits do not break a run
+    leaf = world.child.table(BUF, 1) + ((BUF >> 12) & 511) * 8
+    struct.pack_into("<Q", world.ram, leaf, struct.unpack_from("<Q", world.ram, leaf)[0]
+                     | abi.PTE_A | abi.PTE_D)
+    assert io._translate_run(CHILD_ROOT, BUF + 8, 2 * PAGE - 16, abi.IOMMU_W) == got
+    from devices.iommu import IommuFault
+    with pytest.raises(IommuFault):
+        io.translate(CHILD_ROOT, BUF, 3 * PAGE, abi.IOMMU_W, 0)
