@@ -48,7 +48,9 @@ def _put(mem, off: int, st: struct.Struct, *vals) -> None:
     mem[off:off + st.size] = st.pack(*vals)
 SPIN_S = 0.0002             # keep polling this long after the queue empties
 WAIT_TIMEOUT = 0.05
-PARALLEL_BYTES = 256 << 10    # a batch moving this much runs its I/O on a small pool
+# A batch moving this much runs its I/O on a small thread pool -- only with CPUs to spare:
+# on a 2-CPU host (one spinning vCPU) the pool costs more than it overlaps.
+PARALLEL_BYTES = 256 << 10 if (os.cpu_count() or 1) >= 4 else 1 << 62
 TRACE = [] if os.environ.get('XOMB_DISK_TRACE') else None
 
 
