@@ -222,6 +222,20 @@ def test_break_step_cont_and_syscall_trace(live):
     c.execute("trace syscalls off")
     live.q.push(b"hello after\n")
     assert live.out.wait_for(b"after", 30)
+    # a breakpoint in user code (the shell's readline), twice
+    assert c.execute("stop")["ok"]
+    assert c.execute("break xsh:readline")["ok"]
+    for word in (b"u1", b"u2"):
+        seq = ins.dbg.stop_seq
+        assert c.execute("cont")["ok"]
+        live.q.push(b"hello " + word + b"\n")
+        ev = ins.dbg.wait_stop(20, after=seq)
+        assert ev is not None and ev.reason == "breakpoint", ev
+        regs = c.execute("regs --json")["data"]
+        assert regs["cpl"] == 3 and regs["symbol"] == "xsh:readline", regs
+    assert c.execute("delete all")["ok"]
+    assert c.execute("cont")["ok"]
+    assert live.out.wait_for(b"argv[1] = \"u2\"", 30)
 
 
 # --------------------------------------------------------------------------

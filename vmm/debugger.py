@@ -96,6 +96,8 @@ class Debugger:
         self._mode = "cont"                     # cont | step
         self._steps_left = 0
         self._stepover_pa: int | None = None
+        self._rearm: set[int] = set()
+        self._rearm_at: set[int] = set()
         self._hw_off = False
         self.last_stop: StopEvent | None = None
         self._pending_stop: StopEvent | None = None
@@ -115,7 +117,8 @@ class Debugger:
             "hw_breakpoints": (f"{self.hw_slots} debug registers" if self.hw_slots and not self.pvm
                                else "none (GUEST_DEBUG_HW_BPS=0): hbreak = patched breakpoint"),
             "single_step": "KVM_GUESTDBG_SINGLESTEP",
-            "user_breakpoints": "no (ring-3 int3 is not reported on PVM)" if self.pvm else "yes",
+            "user_breakpoints": ("int3 caught at the kernel's vec3_trap and undone; re-armed at the "
+                                 "next kernel entry (no ring-3 single step on PVM)") if self.pvm else "yes",
             "watchpoints": "no",
         }
 
@@ -144,7 +147,7 @@ class Debugger:
 
     def _sync(self, pa: int):
         want = any(b.enabled and b.method != "dr" for b in self.bps.values() if b.pa == pa)
-        if want and pa != self._stepover_pa:
+        if want and pa != self._stepover_pa and pa not in self._rearm:
             self._insert(pa)
         elif not want:
             self._remove(pa)
@@ -196,12 +199,14 @@ class Debugger:
                     raise DebugError(f"physical address {pa:#x} is outside RAM")
             else:
                 va = addr
-                if self.pvm and va < abi.USER_TOP:
-                    raise DebugError(f"{va:#x} is user code: breakpoints in ring 3 are not "
-                                     f"reported to the VMM on PVM (step into it instead)")
                 pa = self.translate(va)
                 if pa is None:
                     raise DebugError(f"{va:#x} is not mapped in the current address space")
+                if self.pvm and va < abi.USER_TOP and owner is None:
+                    self._user_hooks_on()
+            if self.pvm and owner is None and self._leaves_ring0(pa):
+                raise DebugError("a breakpoint on a return to user mode (sysret/iretq) cannot be "
+                                 "stepped over on PVM (ring-3 single steps go to the guest)")
             method = "int3"
             note = ""
             if kind == "hbreak":
@@ -263,6 +268,18 @@ class Debugger:
         """Before resuming: step over a breakpoint at rip (remove it for one step)."""
         rip = self.m.vcpu.get_regs().rip
         pa = self.translate(rip)
+        if self.pvm and rip < abi.USER_TOP:
+            if singlestep:
+                raise DebugError("single-stepping ring-3 code is not possible on PVM (the #DB "
+                                 "goes to the guest): set a breakpoint and continue")
+            if pa is not None and pa in self._patched:
+                self._remove(pa)                # re-armed at the next kernel entry
+                self._rearm.add(pa)
+                for a in self._rearm_at:
+                    if self.translate(a) not in self._patched:
+                        self.add_breakpoint(a, owner="user-bp", callback=lambda *x: None)
+            self._apply_debug(False)
+            return
         if pa is not None and pa in self._patched:
             self._remove(pa)
             self._stepover_pa = pa
@@ -287,7 +304,11 @@ class Debugger:
                 raise DebugError("the machine is running: stop it first")
             self._mode = "step"
             self._steps_left = n
-            self._prepare(True)
+            try:
+                self._prepare(True)
+            except DebugError:
+                self._mode = "cont"
+                raise
         self.m.resume()
 
     def next(self):
@@ -358,7 +379,12 @@ class Debugger:
             pa = self.translate(pc)
             if pa is None or pa not in self._patched:
                 return False
-            return self._hit(pa, pc, m.vcpu.get_regs())
+            regs = m.vcpu.get_regs()
+            if pc == self._vec3_trap and self._user_trap(regs):
+                return True
+            if self._rearm and pc in self._rearm_at:
+                self._rearm_user()
+            return self._hit(pa, pc, regs)
         if exc in (3, 256):                         # int3 (VMX) / hlt (EXC_HLT)
             pa = self.translate(pc)
             if pa is None or pa not in self._patched:
@@ -376,6 +402,65 @@ class Debugger:
                     return self._hit(None, regs.rip, regs, hits)
             return self._after_step()
         return False
+
+    # ------------------------------------------------------------ ring 3 on PVM
+    # A user int3 traps through the guest IDT (no exit); an internal breakpoint on the kernel's
+    # `vec3_trap` sees it first.  If the interrupted rip-1 is one of our user breakpoints, the
+    # exception is undone: rip/rsp/rflags from the frame, user CS/SS, and the vCPU stops in
+    # ring 3 at the breakpoint.  Ring-3 single steps go to the guest on PVM, so continuing
+    # removes the patch and re-arms it at the next kernel entry (syscall, exception, tick).
+    _vec3_trap = None
+
+    def _user_hooks_on(self):
+        syms = getattr(self.m.boot, "symbols", {})
+        if self._vec3_trap is None and "vec3_trap" in syms:
+            self._vec3_trap = syms["vec3_trap"]
+            self.add_breakpoint(self._vec3_trap, owner="user-bp", callback=lambda *a: None)
+            self._rearm_at = {syms[n] for n in ("syscall_common", "exc_common", "vec_timer")
+                              if n in syms}
+
+    def _leaves_ring0(self, pa: int) -> bool:
+        code = self.original_bytes(pa, bytes(self.m.mem.read(pa, 3)))
+        return code[:2] in (b"\x0f\x07", b"\x48\xcf") or code[:3] == b"\x48\x0f\x07" or code[:1] == b"\xcf"
+
+    def _user_trap(self, regs) -> bool:
+        import struct as _s
+        frame = self.read_virt(regs.rsp, 40)
+        if not frame or len(frame) < 40:
+            return False
+        rip, cs, rflags, rsp, ss = _s.unpack("<5Q", frame)
+        if cs & 3 != 3:
+            return False
+        pa = self.translate(rip - 1)
+        bps = [b for b in self.bps.values() if b.owner is None and b.enabled and b.pa == pa
+               and b.va is not None and b.va < abi.USER_TOP] if pa in self._patched else []
+        if not bps:
+            return False
+        v = self.m.vcpu
+        regs.rip, regs.rflags, regs.rsp = rip - 1, rflags, rsp
+        v.set_regs(regs)
+        sr = v.get_sregs()
+        for seg, sel, typ, l, db in ((sr.cs, cs, 0xB, 1, 0), (sr.ss, ss, 0x3, 0, 1)):
+            seg.base, seg.limit, seg.selector, seg.type, seg.present, seg.dpl = 0, 0xFFFFFFFF, sel, typ, 1, 3
+            seg.db, seg.s, seg.l, seg.g, seg.avl, seg.unusable = db, 1, l, 1, 0, 0
+        v.set_sregs(sr)
+        for b in bps:
+            b.hits += 1
+        self._mode = "cont"
+        self.m.request_pause()
+        self._apply_debug(False)
+        self._pending_stop = StopEvent("breakpoint", rip - 1, bps[0].id)
+        return True
+
+    def _rearm_user(self):
+        pas, self._rearm = self._rearm, set()
+        for pa in pas:
+            self._sync(pa)
+        for b in [b for b in self.bps.values()
+                  if b.owner == "user-bp" and b.va in self._rearm_at]:
+            self.bps.pop(b.id)
+            if b.pa != self._stepover_pa:
+                self._sync(b.pa)
 
     def _hit(self, pa, pc, regs, bps=None) -> bool:
         bps = bps if bps is not None else [b for b in self.bps.values()
@@ -425,6 +510,12 @@ class Debugger:
                 self._pending_stop = StopEvent("step", regs.rip)
                 return True
             pa = self.translate(regs.rip)
+            if self.pvm and pa is not None and self._leaves_ring0(pa):
+                self._mode = "cont"             # the next step would go to ring 3: stop here
+                self._apply_debug(False)
+                self.m.request_pause()
+                self._pending_stop = StopEvent("step", regs.rip)
+                return True
             if pa is not None and pa in self._patched:
                 self._remove(pa)
                 self._stepover_pa = pa
