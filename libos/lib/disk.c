@@ -119,6 +119,11 @@ int disk_reap(struct disk *d, struct disk_cqe *out)
     d->cq_head++;
     d->completed++;
     DS32(d, XOMB_DS_CQ_HEAD) = d->cq_head;
+    if ((status >> 1) == XOMB_DST_IOMMU_FAULT && d->on_fault) {
+        uint64_t n = DS64(d, XOMB_DS_FAULTS);
+        for (; d->faults_delivered < n; d->faults_delivered++)
+            d->on_fault(d, &d->faults[d->faults_delivered % d->fault_n]);
+    }
     return 1;
 }
 

@@ -29,6 +29,10 @@ struct disk_fault {             /* XOMB_FAULT_REC bytes */
     uint64_t rsvd;
 };
 
+struct disk;
+/* An IOMMU fault "upcall": called from disk_reap() for each new fault record. */
+typedef void (*disk_fault_fn)(struct disk *d, const struct disk_fault *f);
+
 struct disk {
     volatile uint8_t *regs;     /* the VF register page */
     volatile uint8_t *st;       /* status page */
@@ -42,6 +46,8 @@ struct disk {
     uint64_t faults_seen;       /* DS_FAULTS we have already reported */
     uint64_t doorbells;         /* how often we rang */
     struct disk_cqe last;       /* the last completion disk_io() took */
+    disk_fault_fn on_fault;     /* see disk_on_fault() */
+    uint64_t faults_delivered;  /* records handed to on_fault */
 };
 
 #define DS32(d, off) (*(volatile uint32_t *)((d)->st + (off)))
@@ -68,6 +74,10 @@ static inline int disk_flush(struct disk *d) { return disk_io(d, XOMB_DOP_FLUSH,
 /* IOMMU faults the device reported since the last call (the polled upcall);
  * the records are in d->faults[(seq-1) % fault_n]. */
 uint64_t disk_new_faults(struct disk *d);
+/* Deliver IOMMU faults as calls of fn (from disk_reap, when a completion
+ * says DST_IOMMU_FAULT): the polled form of the fault upcall until
+ * completions can raise interrupts. */
+static inline void disk_on_fault(struct disk *d, disk_fault_fn fn) { d->on_fault = fn; }
 const char *disk_status_name(unsigned code);
 
 /* Granting (libOS policy): the root moves VF `vf` from its window to `as`

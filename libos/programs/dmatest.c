@@ -8,6 +8,14 @@
 static struct disk d;
 static int passed, failed;
 static uint8_t buf[8 * 4096] __attribute__((aligned(4096)));
+static unsigned upcalls;
+
+static void on_fault(struct disk *dd, const struct disk_fault *f)
+{
+    (void)dd;
+    (void)f;
+    upcalls++;
+}
 
 static void check(const char *what, int ok, const char *detail)
 {
@@ -61,6 +69,7 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("dmatest: VF %u, %lu blocks, queue of %u\n", d.vf, d.nblocks, d.qsize);
+    disk_on_fault(&d, on_fault);
 
     /* A legitimate write then read, to know the device works for us. */
     for (int i = 0; i < 4096; i++)
@@ -141,6 +150,7 @@ int main(int argc, char **argv)
     rd = disk_io(&d, XOMB_DOP_READ, 0, 1, buf + 4096);
     check("the device still serves us", rd == 0 && !memcmp(buf, buf + 4096, 4096),
           disk_status_name(rd));
+    check("every fault reached the fault upcall", upcalls == DS64(&d, XOMB_DS_FAULTS), "");
     int fl = disk_flush(&d);
     check("flush", fl == 0, disk_status_name(fl));
     printf("dmatest: %d passed, %d failed, %lu IOMMU faults delivered\n", passed, failed,
