@@ -89,6 +89,14 @@ def test_two_vfs_are_isolated(image):
         assert len(fs1.listdir("/churn")) == 5
 
 
+@requires_kvm
+def test_file_mapped_as_memory_and_partial_writes(image):
+    rc, out = xomb("boot", "--disk", str(image), input="disktest fsops\nexit 0\n")
+    assert rc == 0 and "disktest: fsops ok" in out, out
+    with xofs.Fs.open(str(image), 1) as fs:
+        assert fs.read("/ops") == b"HELLO\0\0\0!" and fs.check() == []
+
+
 def _churn_payload(i: int) -> bytes:
     n = 100 + (i * 1237) % 9000
     return bytes(ord("a") + (i * 7 + k) % 26 for k in range(n))

@@ -5,6 +5,7 @@
  *   disktest churn N        write files /churn/0..N-1 into our VF's file system,
  *                           printing "acked I" once file I is durable (crash test)
  *   disktest verify N       check what churn wrote
+ *   disktest fsops          fs_pwrite, and a file mapped as memory, changed, synced back
  */
 #include "xomb.h"
 
@@ -134,6 +135,35 @@ static int churn(uint64_t n, int verify)
     return bad != 0;
 }
 
+/* fs_pwrite, and a file mapped as a memory region, changed, and synced back. */
+static int fsops(void)
+{
+    if (fs_mount(&d) < 0) {
+        puts("disktest: no file system on our VF");
+        return 1;
+    }
+    char got[64];
+    int bad = 0;
+    bad |= fs_write("/ops", "hello", 5) < 0;
+    bad |= fs_pwrite("/ops", 3, "XY", 2) < 0;
+    bad |= fs_pwrite("/ops", 8, "!", 1) < 0;                /* grows, zero-filled */
+    long n = fs_read("/ops", got, sizeof(got));
+    bad |= n != 9 || memcmp(got, "helXY\0\0\0!", 9);
+    uint64_t pages = 0;
+    uint64_t va = 0x3000000000UL;
+    long size = fs_map("/ops", va, &pages);
+    bad |= size != 9 || memcmp((void *)va, "helXY", 5);
+    if (size == 9) {
+        memcpy((void *)va, "HELLO", 5);                    /* change the region ... */
+        bad |= fs_sync_map("/ops", va, 9) < 0;              /* ... and write it back */
+        page_free_range(va, pages);
+    }
+    n = fs_read("/ops", got, sizeof(got));
+    bad |= n != 9 || memcmp(got, "HELLO\0\0\0!", 9);
+    printf("disktest: fsops %s (generation %lu)\n", bad ? "FAILED" : "ok", fs_generation());
+    return bad;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -150,6 +180,8 @@ int main(int argc, char **argv)
         return bench(n ? n : 64);
     if (!strcmp(argv[1], "churn"))
         return churn(n ? n : 100, 0);
+    if (!strcmp(argv[1], "fsops"))
+        return fsops();
     if (!strcmp(argv[1], "verify"))
         return churn(n ? n : 100, 1);
     puts("disktest: unknown command");
