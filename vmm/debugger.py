@@ -20,7 +20,7 @@ How a breakpoint is made depends on the host (KVM_CHECK_EXTENSION and the boot i
   never exits with the in-kernel LAPIC; ``out dx, al`` is absorbed by the in-kernel PIC when
   dx happens to be 0x20/0x21, e.g. a MAP of 32 pages.)  There are no hardware breakpoints
   (GUEST_DEBUG_HW_BPS = 0), so ``hbreak`` falls back to the same patch and says so.
-  Breakpoints in user code are refused on PVM (step into it instead).
+  User code: see `_user_trap` (caught at the kernel's vec3_trap, undone, re-armed later).
 
 Breakpoints are keyed by *physical* address (the same kernel code is mapped in every address
 space; a user page may be shared), so a hit is recognised whatever CR3 is loaded.  Stepping
