@@ -272,6 +272,8 @@ UPCALLS = {
     "RESUME": 10,       # CPU given back
     "POOL": 11,         # child's pool ran dry: arg0 = pages wanted, arg1 = where (its pool)
     "IDLE": 11,         # yield(AS_SELF, IDLE): halt this CPU until the next interrupt
+    "DONATE": 12,       # a parent gives its child a CPU: run something, or give it back
+    "GIVEBACK": 13,     # a child returns a CPU it does not need
 }
 UP_USER_MIN = 8
 VEC_SYSCALL = 256           # frame.vector for a reflected syscall

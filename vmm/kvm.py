@@ -352,6 +352,13 @@ class Vcpu:
     def set_vcpu_events(self, events):
         _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_VCPU_EVENTS, events), "KVM_SET_VCPU_EVENTS")
 
+    def set_runnable(self):
+        """With an in-kernel local APIC, KVM holds every vCPU but the first waiting
+        for INIT/SIPI; ours start directly in long mode, so make them runnable."""
+        s = ffi.new("struct kvm_mp_state *")
+        s.mp_state = lib.KVM_MP_STATE_RUNNABLE
+        _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_MP_STATE, s), "KVM_SET_MP_STATE")
+
     def get_tsc_khz(self) -> int:
         return _check(lib.xomb_ioctl_int(self.fd, lib.KVM_GET_TSC_KHZ, 0), "KVM_GET_TSC_KHZ")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from vmm import abi, paths
 
-PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench", "dmatest", "disktest")
+PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench", "dmatest", "disktest",
+            "parcount", "sharedcount", "spin", "stress")
 
 CC = os.environ.get("XOMB_CC", "gcc")
 

@@ -22,7 +22,7 @@ struct xomb_args {
     uint64_t initrd_size;   /* boot archive shared read-only at XOMB_INITRD_VA */
     uint64_t tsc_khz;
     uint64_t flags;         /* ARGS_F_* */
-    uint64_t reserved;
+    uint64_t ncpus;         /* CPUs in the machine (a parent may donate them) */
     uint16_t argv_off[XARGS_MAX]; /* offset of each NUL-terminated string */
     char strings[];         /* the strings, up to the end of the page */
 };

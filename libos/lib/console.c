@@ -5,6 +5,7 @@
 #include "platform.h"
 #include "libos.h"
 #include "string.h"
+#include "upcall.h"
 
 static char outbuf[256];
 static size_t outlen;
@@ -49,13 +50,32 @@ int puts(const char *s)
     return 0;
 }
 
+static int pushed_back = -1;    /* a byte console_take_interrupt() looked at */
+
 int getchar(void)
 {
     int c;
     console_flush();            /* the prompt must be visible before we wait */
-    while ((c = platform_getc_nowait()) < 0)
-        cpu_relax();
+    if (pushed_back >= 0) {
+        c = pushed_back;
+        pushed_back = -1;
+        return c;
+    }
+    /* Nothing typed: halt this CPU until its next tick rather than spin (a
+     * waiting shell costs the host nothing); the root's ticks arrive as TIMER
+     * upcalls, which cpu_wait_tick() turns back into a return here. */
+    for (int spins = 0; (c = platform_getc_nowait()) < 0; spins++) {
+        if (spins < 2000 || cpu_wait_tick(libos_home_cpu) < 0)
+            cpu_relax();
+    }
     return c;
+}
+
+int console_take_interrupt(void)
+{
+    int c = pushed_back >= 0 ? pushed_back : platform_getc_nowait();
+    pushed_back = c == 3 ? -1 : c;
+    return c == 3;
 }
 
 int readline(char *buf, int size)

@@ -23,6 +23,7 @@ _start:
     cmp $XOMB_UP_START, %rdi
     jne 1f
     mov libos_stack_top(%rip), %rsp
+    mov %r9, libos_home_cpu(%rip)
     xor %ebp, %ebp
     call libos_start            /* never returns */
     ud2
@@ -43,7 +44,7 @@ _start:
 
     .bss
     .balign 16
-    .globl fault_stack_base
+    .globl fault_stack_base, proc_stack
 fault_stack_base:
     .skip UPCALL_STACK * XOMB_MAX_CPUS
     .balign 16

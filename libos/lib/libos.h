@@ -9,6 +9,8 @@ extern const char *libos_name;  /* argv[0] */
 extern uint64_t libos_tsc_khz;  /* 0 if unknown */
 extern uint64_t libos_initrd_size; /* bytes of the boot archive at XOMB_INITRD_VA (0: none) */
 extern uint64_t libos_arg_flags;   /* ARGS_F_* from the parent (args.h) */
+extern uint64_t libos_ncpus;       /* CPUs in the machine */
+extern uint64_t libos_home_cpu;    /* the CPU our START upcall arrived on */
 
 /* The root's boot information (NULL in a child). */
 extern const struct xomb_bootinfo *libos_bootinfo;

@@ -1,5 +1,6 @@
 /* Processes (see process.h). */
 #include "process.h"
+#include "spin.h"
 #include "args.h"
 #include "console.h"
 #include "context.h"
@@ -22,6 +23,7 @@
 #define MIN_POOL 64
 
 struct proc {
+    volatile int cpus_out;      /* CPUs we donated to it that it still holds */
     int used;
     int started;
     int finished;
@@ -34,6 +36,8 @@ struct proc {
 };
 
 static struct proc procs[XOMB_MAX_HANDLES];
+volatile int process_exiting;
+int (*process_interrupt_check)(void);
 static struct ctx wait_ctx;             /* where wait() continues */
 static long waiting_for;                /* the handle wait() yielded to, or 0 */
 static struct ctx resume_ctx;           /* where yield_to_parent() continues */
@@ -82,6 +86,7 @@ static long give_args(long h, char *const argv[], uint64_t pool_pages, uint64_t 
     a->initrd_size = libos_initrd_size;
     a->tsc_khz = libos_tsc_khz;
     a->flags = flags;
+    a->ncpus = libos_ncpus;
     uint64_t off = sizeof(*a);
     int argc = 0;
     for (; argv && argv[argc] && argc < XARGS_MAX; argc++) {
@@ -308,6 +313,8 @@ long proc_destroy(long h)
     if (h < 2 || h >= XOMB_MAX_HANDLES)
         return -XOMB_EBADH;
     struct proc *p = &procs[h];
+    while (p->used && p->cpus_out)      /* CPUs we donated must come back first */
+        cpu_relax();
     if (p->used && !libos_is_root) {
         /* Take back what we gave before it goes home to the root. */
         pool_reclaim(h, XOMB_POOL_VA, p->pool_pages);
@@ -319,6 +326,10 @@ long proc_destroy(long h)
         pool_reclaim(h, p->rw_start, p->rw_pages);      /* its data and bss */
     }
     struct xomb_result r = xomb_release(h, 0, 0);
+    for (long spins = 0; r.rv == -XOMB_EBUSY && spins < 100000000; spins++) {
+        cpu_relax();                    /* it is still leaving another CPU */
+        r = xomb_release(h, 0, 0);
+    }
     mem_forget_handle(h);
     memset(p, 0, sizeof(*p));
     return r.rv;
@@ -349,14 +360,55 @@ long yield_to_parent(uint64_t upcall, uint64_t arg0, uint64_t arg1)
 }
 
 /* A timer tick took the CPU from our child (its context is in its frame):
- * the scheduling decision is ours.  The policy here is the simplest one, give
- * the CPU straight back; a scheduler would run something else first. */
-void process_preempted(uint64_t child_root)
+ * the scheduling decision is ours.  On our home CPU, a pending interrupt
+ * (Ctrl-C for the shell) kills the child we wait for; a child that already
+ * exited gets no more CPU; otherwise it gets the CPU straight back. */
+void process_preempted(uint64_t child_root, uint64_t cpu)
 {
     struct proc *p = find_by_root(child_root);
-    if (p)
-        xomb_yield(p - procs, XOMB_UP_RESUME, 0, 0);
-    printf("[%s] preempted an unknown address space 0x%lx\n", libos_name, child_root);
+    long h = p ? p - procs : 0;
+    if (!p) {
+        printf("[%s] preempted an unknown address space 0x%lx\n", libos_name, child_root);
+        return;
+    }
+    if (cpu == libos_home_cpu && h == waiting_for && process_interrupt_check &&
+        process_interrupt_check()) {
+        p->finished = 1;
+        p->st.status = 130;
+        p->st.killed = 1;
+        ctx_restore(&wait_ctx, 1);
+    }
+    if (p->finished) {                  /* it exited or died on another CPU */
+        if (cpu == libos_home_cpu && h == waiting_for)
+            ctx_restore(&wait_ctx, 1);
+        if (cpu != libos_home_cpu)
+            __atomic_fetch_sub(&p->cpus_out, 1, __ATOMIC_SEQ_CST);
+        cpu_unneeded();
+    }
+    xomb_yield(h, XOMB_UP_RESUME, 0, 0);
+}
+
+/* We were given a CPU and run no threads: pass it to the child we wait for. */
+void process_donate(uint64_t cpu)
+{
+    long h = waiting_for;
+    if (h < 2 || h >= XOMB_MAX_HANDLES || !procs[h].used || procs[h].finished)
+        return;
+    __atomic_fetch_add(&procs[h].cpus_out, 1, __ATOMIC_SEQ_CST);
+    xomb_yield(h, XOMB_UP_DONATE, cpu, 0);
+    __atomic_fetch_sub(&procs[h].cpus_out, 1, __ATOMIC_SEQ_CST);   /* it failed */
+}
+
+/* A waiting context (wait(), yield_and_resume()) lives on our home CPU and
+ * is only ever resumed there: an event that reaches us on a CPU we were
+ * donated is left for the home CPU (it sees `finished` at its next tick) and
+ * this CPU goes back. */
+static void home_restore(struct ctx *c, int value)
+{
+    if (upcall_cpu != libos_home_cpu) {
+        cpu_unneeded();
+    }
+    ctx_restore(c, value);
 }
 
 void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root)
@@ -382,8 +434,15 @@ void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_roo
             printf("[%s] child %s died: %s at 0x%lx\n", libos_name, p->name,
                    vector_name(arg0), arg1);
         }
+        if (upcall_cpu != libos_home_cpu) {
+            /* It ended on a CPU we donated (a thread died there): our waiting
+             * context belongs to the home CPU, which learns of it at its next
+             * tick (process_preempted).  This CPU goes back. */
+            __atomic_fetch_sub(&p->cpus_out, 1, __ATOMIC_SEQ_CST);
+            cpu_unneeded();
+        }
         if (waiting_for)
-            ctx_restore(&wait_ctx, 1);
+            home_restore(&wait_ctx, 1);
         break;
     case XOMB_UP_POOL:
         if (!p)
@@ -391,7 +450,7 @@ void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_roo
         if (waiting_for == p - procs) {  /* serve it in wait(), on our own stack */
             pool_req_n = arg0 ? arg0 : 1;
             pool_req_dst = arg1;
-            ctx_restore(&wait_ctx, 4);
+            home_restore(&wait_ctx, 4);
         }
         /* Not waiting for it (it was yielded to directly): serve from here, on
          * the upcall stack, so without asking our own parent. */
@@ -400,13 +459,17 @@ void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_roo
         pool_refill_block(0);
         for (;;)
             xomb_yield(p - procs, XOMB_UP_RESUME, got, 0);
+    case XOMB_UP_GIVEBACK:              /* a child does not need a CPU we gave */
+        if (p)
+            __atomic_fetch_sub(&p->cpus_out, 1, __ATOMIC_SEQ_CST);
+        cpu_unneeded();
     case XOMB_UP_RESUME:
         if (resume_armed) {
             resume_armed = 0;
-            ctx_restore(&resume_ctx, 1);
+            home_restore(&resume_ctx, 1);
         }
         if (waiting_for)                /* a child gave the CPU back: run it on */
-            ctx_restore(&wait_ctx, 2);
+            home_restore(&wait_ctx, 2);
         break;
     default:
         printf("[%s] unexpected upcall %lu (0x%lx, 0x%lx) from 0x%lx\n", libos_name, no,
@@ -414,7 +477,7 @@ void process_upcall(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_roo
         break;
     }
     if (waiting_for)
-        ctx_restore(&wait_ctx, 3);
+        home_restore(&wait_ctx, 3);
     /* Nothing to go back to. */
     printf("[%s] nothing to resume after upcall %lu; exiting\n", libos_name, no);
     exit(125);

@@ -19,6 +19,7 @@ struct spawn_opts {
 struct proc_status {
     int status;                 /* exit status, or 128 + vector */
     int died;                   /* 1 if the kernel reported CHILD_ERROR */
+    int killed;                 /* 1 if we killed it (an interrupt, Ctrl-C) */
     uint64_t vector, addr;      /* ... with these */
     uint64_t arg1;              /* EXIT's second argument (a libOS extra) */
 };
@@ -61,4 +62,12 @@ __attribute__((noreturn)) void process_upcall(uint64_t no, uint64_t arg0, uint64
                                               uint64_t from_root);
 
 /* A tick preempted our child whose root is child_root (PREEMPT upcall). */
-void process_preempted(uint64_t child_root);
+void process_preempted(uint64_t child_root, uint64_t cpu);
+/* We were given a CPU (DONATE, or the root's spare CPUs): pass it on to the
+ * child we wait for; returns if there is none. */
+void process_donate(uint64_t cpu);
+/* Set by exit(): our other CPUs leave (thread.c gives them back). */
+extern volatile int process_exiting;
+/* If set, called on each tick that preempts the child we wait for; a true
+ * return kills that child (the shell uses it for Ctrl-C). */
+extern int (*process_interrupt_check)(void);

@@ -22,6 +22,8 @@ const char *libos_name = "?";
 uint64_t libos_tsc_khz;
 uint64_t libos_initrd_size;
 uint64_t libos_arg_flags;
+uint64_t libos_ncpus = 1;
+uint64_t libos_home_cpu;            /* set by crt0 from r9 */
 const struct xomb_bootinfo *libos_bootinfo;
 
 static char *argv_vec[XARGS_MAX + 1];
@@ -40,6 +42,7 @@ void libos_start(void)
         libos_tsc_khz = a->tsc_khz;
         libos_initrd_size = a->initrd_size;
         libos_arg_flags = a->flags;
+        libos_ncpus = a->ncpus ? a->ncpus : 1;
         argc = a->argc > XARGS_MAX ? XARGS_MAX : (int)a->argc;
         for (int i = 0; i < argc; i++)
             argv_vec[i] = (char *)a + a->argv_off[i];
@@ -47,6 +50,7 @@ void libos_start(void)
     } else if (vm_mapped(XOMB_BOOTINFO_VA) && bi->magic == XOMB_BOOTINFO_MAGIC) {
         libos_is_root = 1;
         libos_bootinfo = bi;
+        libos_ncpus = bi->ncpus ? bi->ncpus : 1;
         libos_host = (int)bi->host;
         libos_tsc_khz = bi->tsc_khz;
         libos_initrd_size = bi->initrd_size;
@@ -64,6 +68,7 @@ void libos_start(void)
 
 void exit(int status)
 {
+    process_exiting = 1;        /* our other CPUs leave (thread.c) */
     console_flush();
     if (libos_is_root)
         platform_poweroff((unsigned)status);

@@ -14,6 +14,8 @@
 #include "libos.h"
 #include "process.h"
 #include "syscall.h"
+#include "thread.h"
+#include "context.h"
 
 static upcall_handler_t fault_handler;
 static upcall_handler_t syscall_handler;
@@ -53,7 +55,35 @@ const char *vector_name(uint64_t v)
     return "#?";
 }
 
-uint64_t upcall_cpu;
+/* Which CPU runs this upcall: each CPU has its own upcall stacks (crt0.S),
+ * so the stack pointer says it.  (A global would be overwritten by another
+ * CPU entering the same address space.)  Outside an upcall: the home CPU. */
+extern char fault_stack_base[], proc_stack[];
+uint64_t upcall_current_cpu(void)
+{
+    char *sp = (char *)__builtin_frame_address(0);
+    uint64_t size = UPCALL_STACK_SIZE * XOMB_MAX_CPUS;
+    if (sp >= fault_stack_base && sp < fault_stack_base + size)
+        return (uint64_t)(sp - fault_stack_base) / UPCALL_STACK_SIZE;
+    if (sp >= proc_stack && sp < proc_stack + size)
+        return (uint64_t)(sp - proc_stack) / UPCALL_STACK_SIZE;
+    return libos_home_cpu;
+}
+static struct ctx *volatile idle_waiter[XOMB_MAX_CPUS];
+
+int cpu_wait_tick(uint64_t cpu)
+{
+    struct ctx c;
+    if (cpu >= XOMB_MAX_CPUS)
+        return -1;
+    if (ctx_save(&c) == 0) {
+        idle_waiter[cpu] = &c;
+        xomb_yield(XOMB_AS_SELF, XOMB_UP_IDLE, 0, 0);
+        idle_waiter[cpu] = 0;           /* only an error returns */
+        return -1;
+    }
+    return 0;
+}
 
 void cpu_idle(void)
 {
@@ -61,23 +91,39 @@ void cpu_idle(void)
         xomb_yield(XOMB_AS_SELF, XOMB_UP_IDLE, 0, 0);   /* returns only on error */
 }
 
+void cpu_unneeded(void)
+{
+    if (libos_is_root)
+        cpu_idle();
+    for (;;)
+        xomb_yield(XOMB_AS_PARENT, XOMB_UP_GIVEBACK, 0, 0);
+}
+
 void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_root,
                      uint64_t cpu)
 {
     struct xomb_frame *f = UPCALL_FRAME_OF(cpu);
-
-    upcall_cpu = cpu;
     if (f->in_upcall && f->rsp == 0)    /* caught at the entry stub: restart it */
         f->r9 = cpu;                    /* on this CPU's stacks (resume.S) */
     switch (no) {
-    case XOMB_UP_TIMER:                 /* the root's tick: nothing to schedule yet */
+    case XOMB_UP_TIMER:                 /* the root's tick */
         if (arg0)
             upcall_resume(f);
-        cpu_idle();                     /* woke from IDLE */
-    case XOMB_UP_CPU:                   /* another CPU arrived: no work for it yet */
+        if (cpu < XOMB_MAX_CPUS && idle_waiter[cpu]) {  /* woke a cpu_wait_tick() */
+            struct ctx *w = idle_waiter[cpu];
+            idle_waiter[cpu] = 0;
+            ctx_restore(w, 1);
+        }
+        __attribute__((fallthrough));   /* woke from IDLE: a spare CPU again */
+    case XOMB_UP_CPU:                   /* (root) a spare CPU: offer it down the tree */
+        process_donate(cpu);
         cpu_idle();
+    case XOMB_UP_DONATE:                /* our parent gives us a CPU */
+        thread_cpu_donated(cpu);        /* our threads use it (if we have any) */
+        process_donate(cpu);            /* else the child we wait for */
+        cpu_unneeded();
     case XOMB_UP_PREEMPT:               /* a tick took the CPU from a child: the */
-        process_preempted(from_root);   /* scheduling decision is ours */
+        process_preempted(from_root, cpu);  /* scheduling decision is ours */
         break;
     case XOMB_UP_RESUME:                /* a preempted context waits in our frame */
         if (f->in_upcall && f->vector == XOMB_TIMER_VECTOR)

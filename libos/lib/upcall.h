@@ -8,7 +8,9 @@
 #define UPCALL_FRAME_OF(cpu) \
     ((struct xomb_frame *)(XOMB_UPCALL_VA + (uint64_t)(cpu) * XOMB_FRAME_STRIDE))
 #define UPCALL_FRAME UPCALL_FRAME_OF(upcall_cpu)
-extern uint64_t upcall_cpu;     /* the CPU of the upcall being handled */
+#define upcall_cpu upcall_current_cpu()
+#define UPCALL_STACK_SIZE 8192  /* crt0.S: per CPU and kind */
+uint64_t upcall_current_cpu(void);      /* the CPU running this upcall */
 
 /* A handler returns 1 to resume the interrupted context (after fixing
  * whatever it wanted: map a page, set frame->rax, move frame->rip ...) or
@@ -33,3 +35,8 @@ __attribute__((noreturn)) void upcall_dispatch(uint64_t no, uint64_t arg0, uint6
 __attribute__((noreturn)) void upcall_resume(struct xomb_frame *f);
 /* This CPU has nothing to run: halt it until the next tick (IDLE). */
 __attribute__((noreturn)) void cpu_idle(void);
+/* Wait for this CPU's next tick without burning it (YIELD IDLE): returns 0
+ * after the tick, -1 if the kernel refused. */
+int cpu_wait_tick(uint64_t cpu);
+/* We do not need this CPU: give it back to our parent (the root idles it). */
+__attribute__((noreturn)) void cpu_unneeded(void);

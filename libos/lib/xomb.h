@@ -19,3 +19,4 @@
 #include "syscall.h"
 #include "upcall.h"
 #include "vm.h"
+#include "thread.h"

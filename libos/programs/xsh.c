@@ -206,6 +206,9 @@ static int run_line(char *line)
 int main(int argc, char **argv)
 {
     static char line[LINE];
+    /* Ctrl-C while a program runs: at the next tick the kernel hands us the
+     * CPU (PREEMPT) and we destroy the program, even one that never yields. */
+    process_interrupt_check = console_take_interrupt;
     fsh_init(argc >= 2);
     if (argc >= 2 && !strcmp(argv[1], "-c")) {
         if (argc < 3) {
