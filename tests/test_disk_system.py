@@ -49,7 +49,7 @@ def test_guest_file_system_round_trip_and_reboot(image, tmp_path):
     assert xomb("fs", str(image), "put", str(tmp_path / "h.txt"), "/h.txt")[0] == 0
     rc, out = xomb("boot", "--disk", str(image), input=(
         "cat /h.txt\nmkdir /g\necho from the guest > /g/e.txt\nwrite /g/w.txt a b c\n"
-        "ls / > /g/listing\nrm /h.txt\nls /g\nexit 5\n"))
+        "ls / > /g/listing\nrm /h.txt\nhello to file > /g/prog\nsysconf > /g/big\nls /g\nexit 5\n"))
     assert rc == 5, out
     assert "written by the host" in out
     assert "e.txt" in out and "w.txt" in out and "listing" in out
@@ -57,6 +57,8 @@ def test_guest_file_system_round_trip_and_reboot(image, tmp_path):
         assert fs.read("/g/e.txt") == b"from the guest\n"
         assert fs.read("/g/w.txt") == b"a b c\n"
         assert b"g/" in fs.read("/g/listing") and b"h.txt" in fs.read("/g/listing")
+        assert b'argv[1] = "to"' in fs.read("/g/prog")           # a program's output
+        assert fs.read("/g/big").rstrip().endswith(b", 0 failed")   # > one ring (2 KiB)
         assert [n for n, _, _ in fs.listdir("/")] == ["g"]
         assert fs.check() == []
     # a reboot sees the same files

@@ -5,12 +5,15 @@
 #include "libos.h"
 #include "malloc.h"
 #include "mem.h"
+#include "process.h"
+#include "syscall.h"
 #include "string.h"
 #include "vm.h"
 
 struct disk fsh_disk;
 
 #define FILEMAP_VA 0x3000000000UL    /* where cat maps a file */
+#define CAPRING_VA 0x3100000000UL    /* a child's private console out ring, while captured */
 
 int fsh_init(int quiet)
 {
@@ -158,4 +161,66 @@ void fsh_take_back_vf(long h, int spare)
     if (spare >= 0)
         disk_move_vf(XOMB_AS_SELF, XOMB_DISK_SPARE_VA + (uint64_t)spare * PAGE_SIZE, h,
                      XOMB_DISK_VF_VA);
+}
+
+/* --- capturing a program's output ------------------------------------------ *
+ * The child gets a private console out ring (a page we share with it) instead of
+ * the machine's.  It never rings a doorbell (`waiting` stays 0); we drain the ring
+ * into the capture buffer at every tick that preempts it (process_interrupt_check
+ * runs then) and once more when it ends.  A full ring makes it wait for the tick. */
+
+struct cring { volatile uint32_t head, tail, waiting; };
+static int (*saved_check)(void);
+static int capturing_child;
+
+static void drain_child(void)
+{
+    struct cring *r = (struct cring *)CAPRING_VA;
+    const volatile char *data = (const volatile char *)(CAPRING_VA + XOMB_RING_DATA);
+    uint32_t head = r->head, tail = r->tail;
+    char tmp[256];
+    while (head != tail) {
+        uint32_t k = 0;
+        while (head != tail && k < sizeof(tmp))
+            tmp[k++] = data[head++ % XOMB_RING_SIZE];
+        capture(tmp, k);
+    }
+    r->head = head;
+}
+
+static int tick_drain(void)
+{
+    if (capturing_child)
+        drain_child();
+    return saved_check ? saved_check() : 0;
+}
+
+int fsh_capture_child(long h)
+{
+    if (!console_capture || libos_host == XOMB_HOST_QEMU)
+        return 0;
+    if (page_alloc_at(XOMB_AS_SELF, CAPRING_VA, XOMB_MAP_W) < 0)
+        return 0;
+    memset((void *)CAPRING_VA, 0, PAGE_SIZE);
+    xomb_release(h, XOMB_CONSOLE_OUT_VA, 1);            /* not the machine's ring ... */
+    if (mem_ensure_tables(h, XOMB_CONSOLE_OUT_VA) < 0 ||   /* ... ours */
+        xomb_map(h, XOMB_CONSOLE_OUT_VA, XOMB_AS_SELF, CAPRING_VA, 1, XOMB_MAP_W).rv < 0) {
+        page_free(CAPRING_VA);
+        return 0;
+    }
+    saved_check = process_interrupt_check;
+    process_interrupt_check = tick_drain;
+    capturing_child = 1;
+    return 1;
+}
+
+void fsh_capture_child_end(long h)
+{
+    if (!capturing_child)
+        return;
+    drain_child();
+    capturing_child = 0;
+    process_interrupt_check = saved_check;
+    xomb_release(h, XOMB_CONSOLE_OUT_VA, 1);
+    page_free(CAPRING_VA);
 }

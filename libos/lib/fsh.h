@@ -13,6 +13,10 @@ int fsh_builtin(int argc, char **argv, int *status);
 void fsh_capture_begin(void);
 /* ... and write it to path (returns 0 or prints the error and returns 1). */
 int fsh_capture_end(const char *path);
+/* While capturing: give child h a private console out ring drained into the
+ * capture (at each tick and at the end).  1 if done. */
+int fsh_capture_child(long h);
+void fsh_capture_child_end(long h);
 /* Lend a spare VF to child h at DISK_VF_VA: the spare index, or -1. */
 int fsh_lend_vf(long h);
 void fsh_take_back_vf(long h, int spare);

@@ -63,7 +63,7 @@ static void help(void)
          "  rm PATH...      remove files or empty directories\n"
          "  mkdir DIR...    make directories\n"
          "  write FILE W..  write the words as a line into FILE;  df: the disk\n"
-         "  CMD ... > FILE  write a builtin's output into FILE\n"
+         "  CMD ... > FILE  write the output of a builtin or a program into FILE\n"
          "anything else runs a program from the boot archive with its arguments.");
 }
 
@@ -164,7 +164,9 @@ static int run(int argc, char **argv)
         return 126;
     }
     int vf = fsh_lend_vf(h);            /* a spare disk VF of its own, if we have one */
+    fsh_capture_child(h);               /* `> FILE`: its output into the file */
     int status = wait_status(h, 0, 0);
+    fsh_capture_child_end(h);
     fsh_take_back_vf(h, vf);
     proc_destroy(h);
     if (status != 0)
