@@ -453,28 +453,28 @@ class Inspector:
 
     # ------------------------------------------------------------ machine
     def stats(self) -> dict:
+        """VM exits by reason, per vCPU and in total, and by device, with rates since the
+        previous call (the first call: since the first KVM_RUN)."""
         now = time.perf_counter()
-        exits = dict(self.m.exit_counts)
+        per = {i: dict(c) for i, c in sorted(getattr(self.m, "vcpu_exits", {}).items())}
+        if not per:
+            per = {0: dict(self.m.exit_counts)}
         devs = dict(getattr(self.m, "device_exits", {}))
-        snap = {"exits": exits, "devices": devs}
-        rates = {}
+        snap = {"vcpus": per, "devices": devs}
         if self._last_stats is not None:
             t, prev = self._last_stats
-            dt = max(now - t, 1e-9)
-            rates = {"exits": {k: (v - prev["exits"].get(k, 0)) / dt for k, v in exits.items()},
-                     "devices": {k: (v - prev["devices"].get(k, 0)) / dt for k, v in devs.items()},
-                     "interval_s": dt}
         else:
-            run_s = max(now - self.m.t_first_run, 1e-9) if self.m.t_first_run else None
-            if run_s:
-                rates = {"exits": {k: v / run_s for k, v in exits.items()},
-                         "devices": {k: v / run_s for k, v in devs.items()},
-                         "interval_s": run_s}
+            t, prev = (self.m.t_first_run or now), {"vcpus": {}, "devices": {}}
+        dt = max(now - t, 1e-9)
+
+        def rate(cur, old):
+            return {k: (v - old.get(k, 0)) / dt for k, v in cur.items()}
         self._last_stats = (now, snap)
-        return {"vcpus": [{"vcpu": 0, "exits": exits, "total": sum(exits.values()),
-                           "rates": rates.get("exits", {})}],
-                "devices": devs, "device_rates": rates.get("devices", {}),
-                "interval_s": rates.get("interval_s"),
+        vcpus = [{"vcpu": i, "exits": c, "total": sum(c.values()),
+                  "rates": rate(c, prev["vcpus"].get(i, {}))} for i, c in per.items()]
+        return {"vcpus": vcpus, "exits": dict(self.m.exit_counts),
+                "devices": devs, "device_rates": rate(devs, prev["devices"]),
+                "interval_s": dt,
                 "run_s": (now - self.m.t_first_run) if self.m.t_first_run else 0.0,
                 "console": dict(getattr(self.m.console, "stats", {})),
                 "boot_to_prompt_ms": self.m.stats.get("boot_to_prompt_ms")}

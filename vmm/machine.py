@@ -94,6 +94,7 @@ class Machine:
         self._debug_control = 0
         self._debug_control_key = (0, (0,) * 8)
         self.device_exits: dict[str, int] = {}
+        self.vcpu_exits: dict[int, dict[str, int]] = {}     # vCPU index -> exit name -> count
         self.stats["device_exits"] = self.device_exits
         self._pause_req = False
         self._parked_n = 0
@@ -412,6 +413,7 @@ class Machine:
         first = True
         reason = None
         self._in_loop = True
+        vcounts = self.vcpu_exits.setdefault(vcpu.index, {})     # per-vCPU exit counts
         while self._stop_status is None:
             if self._pause_req:
                 if reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_DEBUG):
@@ -431,6 +433,7 @@ class Machine:
             if name is None:
                 name = names[reason] = exit_name(reason)
             counts[name] = counts.get(name, 0) + 1
+            vcounts[name] = vcounts.get(name, 0) + 1
             try:
                 dispatch.get(reason, self._exit_unexpected)(reason)
             except Exception as exc:        # a VMM/device bug: stop with a dump, never hang
@@ -445,6 +448,7 @@ class Machine:
     def _loop_ap(self, vcpu):
         """An application processor: the same exits and pausing, no first-exit stats."""
         counts, dispatch = self.exit_counts, self._dispatch
+        vcounts = self.vcpu_exits.setdefault(vcpu.index, {})
         reason = None
         while self._stop_status is None:
             if self._pause_req:             # pause every vCPU (console, debugger)
@@ -461,6 +465,7 @@ class Machine:
             name = exit_name(reason)
             with self._stop_lock:
                 counts[name] = counts.get(name, 0) + 1
+            vcounts[name] = vcounts.get(name, 0) + 1
             try:
                 dispatch.get(reason, self._exit_unexpected)(reason)
             except Exception as exc:
