@@ -101,6 +101,7 @@ class Debugger:
         self._hw_off = False
         self.last_stop: StopEvent | None = None
         self._pending_stop: StopEvent | None = None
+        self.focus = None                       # the vCPU that stopped last
         self._stop_seq = 0
         self._stop_cond = threading.Condition()
         self.stop_listeners: list = []          # callables(StopEvent), on the vCPU thread
@@ -123,8 +124,16 @@ class Debugger:
         }
 
     # ------------------------------------------------------------ addresses
+    def vcpu(self):
+        """The vCPU being debugged: the calling vCPU thread's own in an exit handler, else the
+        one that stopped last (breakpoint, step), else the boot vCPU."""
+        tl = getattr(getattr(self.m, "_tls", None), "vcpu", None)
+        if tl is not None:
+            return tl
+        return self.focus if self.focus is not None else self.m.vcpu
+
     def cr3(self) -> int:
-        return self.m.vcpu.get_sregs().cr3
+        return self.vcpu().get_sregs().cr3
 
     def translate(self, va: int, cr3: int | None = None) -> int | None:
         if abi.KBASE <= va < abi.KBASE + (2 << 30):
@@ -166,11 +175,12 @@ class Debugger:
     def _apply_debug(self, singlestep: bool = False):
         sw = (not self.pvm) and bool(self._patched)
         hw = [] if self._hw_off else self._hw_list()
-        set_debug = self.m.set_debug
-        try:
-            set_debug(OWNER, singlestep=singlestep, sw_breakpoints=sw, hw_breakpoints=hw)
-        except TypeError:                      # a machine without hardware breakpoints
-            set_debug(OWNER, singlestep=singlestep, sw_breakpoints=sw)
+        v = self.vcpu()
+        allv = getattr(self.m, "vcpus", None) or [v]
+        for other in [x for x in allv if x is not v] + [v]:     # ours last (owner record)
+            # breakpoints on every vCPU; single step only on the one being stepped
+            self.m.set_debug(OWNER, singlestep=singlestep and other is v, sw_breakpoints=sw,
+                             hw_breakpoints=hw, vcpu=other)
 
     # ------------------------------------------------------------ breakpoints
     def resolve(self, where) -> int:
@@ -261,12 +271,12 @@ class Debugger:
         if not self.m.paused:
             if not self.m.pause(timeout):
                 raise DebugError("the vCPU did not stop")
-            self._note_stop(StopEvent("pause", self.m.vcpu.get_regs().rip))
+            self._note_stop(StopEvent("pause", self.vcpu().get_regs().rip))
         return self.last_stop or StopEvent("pause")
 
     def _prepare(self, singlestep: bool):
         """Before resuming: step over a breakpoint at rip (remove it for one step)."""
-        rip = self.m.vcpu.get_regs().rip
+        rip = self.vcpu().get_regs().rip
         pa = self.translate(rip)
         if self.pvm and rip < abi.USER_TOP:
             if singlestep:
@@ -313,8 +323,7 @@ class Debugger:
 
     def next(self):
         """Step over a call (temporary breakpoint after it), else one step."""
-        regs = self.m.vcpu.get_regs()
-        from vmm.dump import read_guest_virt, CpuSnapshot
+        regs = self.vcpu().get_regs()
         code = self.read_virt(regs.rip, 16)
         import capstone
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -449,6 +458,7 @@ class Debugger:
         self._mode = "cont"
         self.m.request_pause()
         self._apply_debug(False)
+        self.focus = self.vcpu()
         self._pending_stop = StopEvent("breakpoint", rip - 1, bps[0].id)
         return True
 
@@ -485,6 +495,7 @@ class Debugger:
             self._mode = "cont"
             self.m.request_pause()
             self._apply_debug(False)
+            self.focus = self.vcpu()
             self._pending_stop = StopEvent("breakpoint", pc, visible[0].id)
             return True
         # Internal only: step over it and keep going (or keep stepping).
@@ -507,6 +518,7 @@ class Debugger:
                 self._mode = "cont"
                 self._apply_debug(False)
                 self.m.request_pause()
+                self.focus = self.vcpu()
                 self._pending_stop = StopEvent("step", regs.rip)
                 return True
             pa = self.translate(regs.rip)

@@ -194,13 +194,17 @@ class GdbStub:
                 pass
             return "T02thread:01;"
         ev = ev or self.dbg.last_stop
+        vs = getattr(self.m, "vcpus", None) or []
+        if self.dbg.focus is not None and self.dbg.focus in vs:
+            self.cur = vs.index(self.dbg.focus)         # report the vCPU that stopped
+        th = f"thread:{self.cur + 1:x};"
         if ev is not None and ev.reason == "breakpoint":
             bp = self.dbg.bps.get(ev.bp)
             kind = "hwbreak" if bp is not None and bp.kind == "hbreak" else "swbreak"
-            return f"T05thread:01;{kind}:;"
+            return f"T05{th}{kind}:;"
         if ev is not None and ev.reason == "exited":
             return "W00"
-        return "T05thread:01;" if ev is not None and ev.reason == "step" else "T02thread:01;"
+        return f"T05{th}" if ev is not None and ev.reason == "step" else f"T02{th}"
 
     def _resume_and_wait(self, step: bool) -> str:
         seq = self.dbg.stop_seq

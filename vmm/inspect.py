@@ -147,8 +147,8 @@ class Inspector:
     # ------------------------------------------------------------ registers
     def regs(self, disasm: int = 3) -> dict:
         with self.paused():
-            r = self.m.vcpu.get_regs()
-            s = self.m.vcpu.get_sregs()
+            r = self.dbg.vcpu().get_regs()
+            s = self.dbg.vcpu().get_sregs()
         d = {n: getattr(r, n) for n in GPRS + ["rip", "rflags"]}
         d["rflags_flags"] = decode_rflags(r.rflags)
         d["cpl"] = s.cs.selector & 3 if s.cs.dpl == 0 else s.cs.dpl
@@ -161,14 +161,14 @@ class Inspector:
 
     def cregs(self) -> dict:
         with self.paused():
-            s = self.m.vcpu.get_sregs()
+            s = self.dbg.vcpu().get_sregs()
         return {"cr0": s.cr0, "cr0_flags": _bits(s.cr0, CR0_BITS), "cr2": s.cr2, "cr3": s.cr3,
                 "cr4": s.cr4, "cr4_flags": _bits(s.cr4, CR4_BITS), "cr8": s.cr8,
                 "efer": s.efer, "efer_flags": _bits(s.efer, EFER_BITS), "apic_base": s.apic_base}
 
     def sregs(self) -> dict:
         with self.paused():
-            s = self.m.vcpu.get_sregs()
+            s = self.dbg.vcpu().get_sregs()
         segs = {}
         for n in SEG_NAMES:
             g = getattr(s, n)
@@ -244,7 +244,7 @@ class Inspector:
     def _cr3(self, root=None) -> int:
         if root is None:
             with self.paused():
-                return self.m.vcpu.get_sregs().cr3 & abi.PTE_ADDR
+                return self.dbg.vcpu().get_sregs().cr3 & abi.PTE_ADDR
         return self.resolve_as(root)
 
     def resolve_as(self, root) -> int:
@@ -279,7 +279,7 @@ class Inspector:
         rip = None
         with contextlib.suppress(Exception):
             if self.m.paused:
-                rip = self.m.vcpu.get_regs().rip
+                rip = self.dbg.vcpu().get_regs().rip
 
         class _S:
             def lookup(_, a):
@@ -546,7 +546,7 @@ class Inspector:
 
     def stop(self) -> dict:
         ev = self._wrap(self.dbg.stop)
-        return {"stopped": True, "rip": self.m.vcpu.get_regs().rip, "reason": ev.reason}
+        return {"stopped": True, "rip": self.dbg.vcpu().get_regs().rip, "reason": ev.reason}
 
     def _run_and_wait(self, fn, wait: float | None):
         seq = self.dbg.stop_seq

@@ -93,6 +93,7 @@ class Machine:
         self._debug_owners: dict[str, tuple[bool, bool]] = {}
         self._debug_control = 0
         self._debug_control_key = (0, (0,) * 8)
+        self._debug_keys: dict[int, tuple] = {}         # per vCPU: what KVM was last told
         self.device_exits: dict[str, int] = {}
         self.vcpu_exits: dict[int, dict[str, int]] = {}     # vCPU index -> exit name -> count
         self.stats["device_exits"] = self.device_exits
@@ -237,7 +238,7 @@ class Machine:
 
     # ------------------------------------------------ guest debug and pausing
     def set_debug(self, owner: str, singlestep: bool = False, sw_breakpoints: bool = False,
-                  hw_breakpoints=()) -> None:
+                  hw_breakpoints=(), vcpu=None) -> None:
         """Ask for single-step, software-breakpoint and hardware-breakpoint (DR0..3 execute
         addresses) exits on behalf of `owner`; the vCPU gets the union of every owner's
         request (KVM_SET_GUEST_DEBUG).  Call from the vCPU thread or while the vCPU is paused
@@ -264,9 +265,10 @@ class Machine:
                     dr[i] = a
                     dr[7] |= 1 << (2 * i)       # Li, execute, length 1
         key = (control, tuple(dr))
-        if key != self._debug_control_key and self.vcpu is not None:
-            self.vcpu.set_guest_debug(control, dr)
-            self._debug_control_key = key
+        v = vcpu if vcpu is not None else self.vcpu     # default: the calling vCPU thread's
+        if v is not None and self._debug_keys.get(id(v), self._debug_control_key) != key:
+            v.set_guest_debug(control, dr)
+            self._debug_keys[id(v)] = key
         self._debug_control = control
 
     def reinject_exception(self, vector: int) -> None:
