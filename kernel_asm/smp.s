@@ -43,14 +43,14 @@ klock_pause:
  * removed; every other CPU running it flushes its TLB before we go on.
  * Lock held.  Clobbers rax, rcx. */
 tlb_shootdown:
-    cmp byte ptr [BI_NCPUS_KVA], 1      /* one CPU: nobody else to tell */
+    cmp byte ptr [K_NCPUS], 1           /* one CPU: nobody else to tell */
     jbe shoot_ret
     push rdx
     push rdi
     push rsi
     push r8
     mov rdi, rax
-    movabs rax, qword ptr [BI_NCPUS_KVA]
+    movabs rax, qword ptr [K_NCPUS]
     mov rsi, rax
     lea r8, [rsp - 1]
     and r8, -0x4000                     /* my percpu block */
@@ -96,7 +96,7 @@ as_busy:
     push rdx
     push rsi
     mov rdx, rax
-    movabs rax, qword ptr [BI_NCPUS_KVA]
+    movabs rax, qword ptr [K_NCPUS]
     mov rsi, rax
     xor ecx, ecx
 busy_next:

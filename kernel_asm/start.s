@@ -31,6 +31,8 @@ kernel_cs_loaded:
     mov r12, rdi                        /* r12 = CPU index */
     movabs rax, qword ptr [BI_ROOT_PHYS_KVA]
     movabs qword ptr [K_ROOT_PHYS], rax /* where freed frames go home */
+    movabs rax, qword ptr [BI_NCPUS_KVA] /* the kernel keeps its own copies: */
+    movabs qword ptr [K_NCPUS], rax     /* init may release the boot-info page */
     /* The TSS I/O bitmap is enabled only where boot info says so (QEMU's
      * COM1 and exit port for ring 3); elsewhere the base lies past the limit. */
     imul rcx, r12, TSS_STRIDE

@@ -60,7 +60,7 @@ def test_data_references_resolve_to_their_symbols(kernel):
     k = kernel
     insns, _ = code_insns(k)
     targets = {_target(i, op) for i in insns for op in i.operands if op.type == X86_OP_MEM}
-    for name in ["gdt_desc", "idt_desc", "k_root_phys", "fpu_clean"]:
+    for name in ["gdt_desc", "idt_desc", "k_root_phys", "k_ncpus", "fpu_clean"]:
         assert k.symbols[name] in targets, name
 
 

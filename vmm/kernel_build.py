@@ -55,6 +55,7 @@ KDATA_LAYOUT = {            # name -> offset from KDATA
     "idt_desc": 0x110,
     "k_root_phys": 0x120,   # init's root, set once at boot: where freed frames go home
     "k_lock": 0x128,        # the big kernel lock (smp.s)
+    "k_ncpus": 0x130,       # CPUs in the machine, copied at boot (the boot-info page is init's)
     "fpu_clean": 0x200,     # a clean FXSAVE image (16-byte aligned)
     "idt": 0x1000,
     "tss0": 0x2000,         # MAX_CPUS TSSes of TSS_STRIDE bytes, each with its I/O bitmap
@@ -214,7 +215,7 @@ def _data_symbols() -> dict[str, int]:
 
 def _data_equs(sym: dict[str, int]) -> str:
     return "".join(f".equ {n.upper()}, 0x{sym[n]:x}\n" for n in
-                   ["gdt_desc", "idt_desc", "k_root_phys", "k_lock", "fpu_clean", "tss0_iomap",
+                   ["gdt_desc", "idt_desc", "k_root_phys", "k_lock", "k_ncpus", "fpu_clean", "tss0_iomap",
                     "percpu0", "percpu0_top"])
 
 
