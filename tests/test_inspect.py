@@ -398,3 +398,15 @@ def test_pause_parks_every_vcpu_and_breaks_on_either(capsys):
         m.request_stop(0)
         th.join(10)
         m.close()
+
+
+@pytest.mark.skipif(not (shutil.which("as") and shutil.which("ld") and shutil.which("nm")),
+                    reason="needs binutils")
+def test_symbol_elf_for_gdb(tmp_path):
+    from vmm.symfile import write_sym_elf
+    out = write_sym_elf({"sys_map": 0xFFFF_FFFF_8010_1665, "vec3": 0xFFFF_FFFF_8010_12A3,
+                         "boot32.mb_header": 0x100000, "xsh:main": 0x400000},
+                        tmp_path / "k.sym.elf")
+    nm = subprocess.run(["nm", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "ffffffff80101665 T sys_map" in nm and "ffffffff801012a3 T vec3" in nm
+    assert "xsh:main" not in nm

@@ -76,6 +76,11 @@ def build_all(force: bool = False) -> Artifacts:
         kernel = kernel_build.build_kernel(gen, kdir)
     except kernel_build.KernelBuildError as e:
         raise BuildError(f"kernel: {e}") from None
+    try:                                # kernel.sym.elf for gdb (docs/GDB.md); optional
+        from .symfile import kernel_sym_elf_if_stale
+        kernel_sym_elf_if_stale(kernel.symbols, kdir)
+    except Exception:
+        pass
     report.append(f"kernel      {_size(len(kernel.image))}  {kdir / 'kernel.bin'}  "
                   f"({time.perf_counter() - t:.2f} s)")
     t = time.perf_counter()

@@ -54,5 +54,16 @@ def kernel_sym_elf(symbols: dict[str, int] | None = None) -> Path:
     return write_sym_elf({k: v for k, v in symbols.items() if ":" not in k}, out)
 
 
+def kernel_sym_elf_if_stale(symbols: dict[str, int], kdir: Path) -> Path | None:
+    """Called by the build: (re)write kdir/kernel.sym.elf when kernel.bin is newer."""
+    out = Path(kdir) / "kernel.sym.elf"
+    binf = Path(kdir) / "kernel.bin"
+    if out.exists() and binf.exists() and out.stat().st_mtime >= binf.stat().st_mtime:
+        return out
+    if not shutil.which("as") or not shutil.which("ld"):
+        return None
+    return write_sym_elf({k: v for k, v in symbols.items() if ":" not in k}, out)
+
+
 if __name__ == "__main__":
     print(kernel_sym_elf())
