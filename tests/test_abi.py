@@ -157,7 +157,7 @@ def test_physical_layout():
     assert abi.BOOTINFO_PHYS + abi.PAGE <= abi.KTABLES_PHYS
     kt = [abi.KT_PDPT, abi.KT_PD0, abi.KT_PD1, abi.KT_UW_PDPT, abi.KT_UW_PD, abi.KT_GATE_PT,
           abi.KT_GATE, abi.KT_BOOT_PML4, abi.KT_BOOT_PDPT, abi.KT_GATE_PDPT, abi.KT_GATE_PD,
-          abi.KT_FT_PT]
+          abi.KT_KPT, abi.KT_FT_PT]
     assert len(set(kt)) == len(kt) and all(a % abi.PAGE == 0 for a in kt)
     assert max(kt) == abi.KT_FT_PT
     ft_pages = ((abi.MAX_RAM // abi.PAGE + abi.DEV_PAGES) * 8 + abi.PAGE - 1) // abi.PAGE

@@ -427,11 +427,18 @@ def test_cpu_state(state128):
 
 def test_kernel_tables(state128, ram128):
     root = state128.cpu.cr3
-    # KBASE + phys -> phys, 2 MiB pages, supervisor, global, writable, executable
-    for phys in (0, abi.KERNEL_PHYS + 0x1234, 1 << 30, (2 << 30) - 4 * MiB + 5):
+    # KBASE + phys -> phys, supervisor, global, W^X: 2 MiB pages writable, no-execute ...
+    for phys in (2 * MiB + 7, 1 << 30, (2 << 30) - 4 * MiB + 5):
         w = walk(ram128, root, KB + phys)
         assert w.present and w.pa == phys and w.size == 2 * MiB
-        assert w.writable and not w.user and w.executable and w.rights & G
+        assert w.writable and not w.user and not w.executable and w.rights & G
+    # ... but the first 2 MiB in 4 KiB pages: the kernel's code read-only and executable
+    # (the multiboot stub included), its data and everything else writable, no-execute
+    for phys, code in ((0x1234, False), (abi.KERNEL_PHYS + 0x10, True),
+                       (abi.BOOTINFO_PHYS - PAGE, False)):
+        w = walk(ram128, root, KB + phys)
+        assert w.present and w.pa == phys and w.size == PAGE and not w.user
+        assert (w.executable, w.writable) == ((True, False) if code else (False, True)), hex(phys)
     # the gate: user, read-only, executable, int3s; nothing else in PML4[PML4_GATE]
     w = walk(ram128, root, abi.GATE_VA)
     assert w.present and w.pa == abi.KT_GATE and w.user and w.executable

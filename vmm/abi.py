@@ -333,7 +333,7 @@ INITRD_NAME = 32                        # entry: name[32], u64 offset, u64 size
 
 # Kernel page tables built by the VMM at KTABLES_PHYS (offsets of each page).
 KT_PDPT = KTABLES_PHYS + 0x0000     # PML4[511] (P|W): 510 -> KT_PD0, 511 -> KT_PD1 (P|W)
-KT_PD0 = KTABLES_PHYS + 0x1000      # phys 0..1 GiB, 2 MiB pages, supervisor, global
+KT_PD0 = KTABLES_PHYS + 0x1000      # phys 0..1 GiB, 2 MiB pages, supervisor, global, NX
 KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB
 KT_UW_PDPT = KTABLES_PHYS + 0x3000  # PML4[384]: the user window (read-only, user)
 KT_UW_PD = KTABLES_PHYS + 0x4000    # entries 1.. -> frame-table PTs (FRAMES_VA)
@@ -343,7 +343,8 @@ KT_BOOT_PML4 = KTABLES_PHYS + 0x7000  # QEMU boot only: identity [0] + kernel [5
 KT_BOOT_PDPT = KTABLES_PHYS + 0x8000  # identity PDPT: entry 0 -> KT_PD0
 KT_GATE_PDPT = KTABLES_PHYS + 0x9000  # PML4[255] (P|U): entry 511 -> KT_GATE_PD (P|U)
 KT_GATE_PD = KTABLES_PHYS + 0xA000  # entry 511 -> KT_GATE_PT (P|U)
-KT_FT_PT = KTABLES_PHYS + 0xB000    # frame-table PTs follow
+KT_KPT = KTABLES_PHYS + 0xB000      # KT_PD0[0]: the first 2 MiB in 4 KiB pages (kernel W^X)
+KT_FT_PT = KTABLES_PHYS + 0xC000    # frame-table PTs follow
 
 # GDT (Linux layout: PVM requires user CS 0x33 from STAR).
 GDT_KCS = 0x10

@@ -342,7 +342,14 @@ def check_kernel(kernel) -> None:
         raise ImageError("kernel image: no TSS")
 
 
-def build_kernel_tables(mem: PhysMem, ram_bytes: int) -> None:
+def kernel_code_end(kernel) -> int:
+    """Physical end of the kernel's code: its data area starts at the GDT."""
+    gdt = getattr(kernel, "symbols", {}).get("gdt")
+    return gdt - abi.KBASE if gdt else abi.KERNEL_PHYS + len(kernel.image)
+
+
+def build_kernel_tables(mem: PhysMem, ram_bytes: int, code_end: int = abi.KERNEL_PHYS + abi.KERNEL_MAX) -> None:
+    """The kernel's page tables; [KERNEL_PHYS, code_end) is the kernel's code."""
     """The KT_* pages: kernel map, user window (gate + frame table), QEMU boot PML4."""
     kflags = P | W | abi.PTE_PS | abi.PTE_G
     two_m = 1 << 21
@@ -350,8 +357,17 @@ def build_kernel_tables(mem: PhysMem, ram_bytes: int) -> None:
     # 0..2 GiB at KBASE, supervisor, global.
     mem.write_u64(abi.KT_PDPT + 510 * 8, abi.KT_PD0 | P | W)
     mem.write_u64(abi.KT_PDPT + 511 * 8, abi.KT_PD1 | P | W)
-    mem.write(abi.KT_PD0, array("Q", range(kflags, kflags + 512 * two_m, two_m)))
-    mem.write(abi.KT_PD1, array("Q", range(kflags + (1 << 30), kflags + (2 << 30), two_m)))
+    # The kernel's view of RAM is W^X: every 2 MiB page is no-execute, except the
+    # first, which is 4 KiB pages (KT_KPT): the kernel's code (and the multiboot
+    # stub) read-only and executable, everything else writable, no-execute.
+    nx = abi.PTE_NX
+    mem.write(abi.KT_PD0, array("Q", [abi.KT_KPT | P | W] + list(
+        range(kflags | nx, (kflags | nx) + 512 * two_m, two_m))[1:]))
+    mem.write(abi.KT_PD1, array("Q", range((kflags | nx) + (1 << 30), (kflags | nx) + (2 << 30),
+                                           two_m)))
+    mem.write(abi.KT_KPT, array("Q", [
+        (p | P | abi.PTE_G) if abi.KERNEL_PHYS <= p < code_end else (p | P | W | abi.PTE_G | nx)
+        for p in range(0, two_m, PAGE)]))
     # The gate page (GATE_VA, the last user page): PML4[PML4_GATE] -> KT_GATE_PDPT ->
     # KT_GATE_PD -> KT_GATE_PT -> KT_GATE, all P|U (read-only; the gate is executable).
     g4, g3, g2, g1 = indices(abi.GATE_VA)
@@ -438,7 +454,7 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
 
     # ---- kernel image and tables ------------------------------------------------
     mem.write(abi.KERNEL_PHYS, kernel.image)
-    build_kernel_tables(mem, ram_bytes)
+    build_kernel_tables(mem, ram_bytes, kernel_code_end(kernel))
     ft_pages = frame_table_pages(ram_bytes)
     init_base = abi.FRAMES_PHYS + ft_pages * PAGE
 
