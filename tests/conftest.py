@@ -173,3 +173,36 @@ msg:
 @pytest.fixture
 def tiny_boot():
     return make_tiny_boot
+
+
+# --------------------------------------------------------------------------
+# The summary says how many tests needed /dev/kvm, and how many of them ran.
+# --------------------------------------------------------------------------
+_KVM_REASON = "needs a usable /dev/kvm"
+
+
+def _needs_kvm(item) -> bool:
+    if item.get_closest_marker("kvm"):
+        return True
+    return any(str(m.kwargs.get("reason", "")).startswith(_KVM_REASON)
+               for m in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config, items):
+    config._xomb_kvm_tests = {item.nodeid for item in items if _needs_kvm(item)}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    ids = getattr(config, "_xomb_kvm_tests", set())
+    ran = skipped = 0
+    for key in ("passed", "failed", "error"):
+        for rep in terminalreporter.stats.get(key, []):
+            if rep.nodeid in ids and rep.when == "call":
+                ran += 1
+    for rep in terminalreporter.stats.get("skipped", []):
+        if rep.nodeid in ids:
+            skipped += 1
+    usable, why = kvm_status()
+    terminalreporter.write_line(
+        f"/dev/kvm: {'usable' if usable else 'NOT usable (' + why + ')'}; "
+        f"{len(ids)} tests need it: {ran} ran, {skipped} skipped")
