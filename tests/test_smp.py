@@ -82,23 +82,58 @@ def test_stress_on_all_cpus_then_the_host_finds_no_broken_invariant(built):
     assert problems == [], "\n".join(problems[:20])
 
 
+def _host_parallelism() -> float:
+    """Wall time of two CPU-bound host processes run together, over one alone:
+    ~0.5 when the host really has two free cores, ~1 when it is busy."""
+    import multiprocessing
+    import time
+
+    def one():
+        t = time.perf_counter()
+        p = multiprocessing.Process(target=_spin_200ms)
+        p.start()
+        p.join()
+        return time.perf_counter() - t
+    alone = one()
+    t = time.perf_counter()
+    ps = [multiprocessing.Process(target=_spin_200ms) for _ in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    return (time.perf_counter() - t) / (2 * alone)
+
+
+def _spin_200ms():
+    n = 0
+    for _ in range(3_000_000):
+        n += 1
+
+
 def test_parcount_uses_a_second_cpu(built):
-    """A loose check that parallelism really happens: same command, 1 then 2 vCPUs.
-    The pair is measured again once if the host was busy (2 vCPUs need 2 idle
-    host cores); the assertion is on the better pair."""
+    """Parallelism really happens: the threads run on both vCPUs, and (when the
+    host has two free cores to give, checked by a host calibration in the same
+    test) 2 vCPUs take <= 0.6 of the 1-vCPU time.  Same command, both runs here."""
     ratios = []
     for attempt in range(2):
         times = {}
         for cpus in (1, 2):
             status, out, _ = boot(built, "parcount 8 400000000", cpus)
-            m = re.search(r"(\d+) ms, (\d+) cycles on (\d+) CPUs, checksum (\w+)", out)
+            m = re.search(r"(\d+) ms, (\d+) cycles on (\d+) CPUs, checksum (\w+), "
+                          r"threads ran on (\d+) CPUs", out)
             assert status == 0 and m, out[-2000:]
-            times[cpus] = (int(m.group(2)), m.group(4))
+            times[cpus] = (int(m.group(2)), m.group(4), int(m.group(5)))
         assert times[1][1] == times[2][1], "the result must not depend on the CPUs"
+        assert times[1][2] == 1 and times[2][2] == 2, f"threads ran on {times[2][2]} CPU(s)"
         ratios.append(times[2][0] / times[1][0])
         print(f"[figure] parcount 2 vCPUs / 1 vCPU = {ratios[-1]:.2f}")
         if ratios[-1] <= 0.6:
-            break
+            return
+    host = _host_parallelism()
+    print(f"[figure] host: two CPU-bound processes at once / one = {host:.2f}")
+    if host > 0.6:
+        pytest.skip(f"the host has no two free cores (two processes take {host:.2f}x of "
+                    f"one each); parcount ratio {min(ratios):.2f} not judged")
     assert min(ratios) <= 0.6, f"2 vCPUs took {min(ratios):.2f} of the 1-vCPU time"
 
 

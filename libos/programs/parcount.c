@@ -7,6 +7,7 @@
 
 struct job {
     uint64_t seed, n, out;
+    int cpu;                    /* where it finished */
 };
 
 static void *walk(void *arg)
@@ -18,6 +19,7 @@ static void *walk(void *arg)
         x ^= x >> 29;
     }
     j->out = x;
+    j->cpu = thread_cpu();
     return 0;
 }
 
@@ -41,13 +43,16 @@ int main(int argc, char **argv)
         }
     }
     uint64_t sum = 0;
+    int used[XOMB_MAX_CPUS] = {0}, ncpus_used = 0;
     for (int i = 0; i < nthreads; i++) {
         thread_join(threads[i]);
         sum ^= jobs[i].out;
+        if (jobs[i].cpu >= 0 && jobs[i].cpu < XOMB_MAX_CPUS && !used[jobs[i].cpu]++)
+            ncpus_used++;
     }
     uint64_t cycles = rdtsc() - t0;
     uint64_t ms = libos_tsc_khz ? cycles / libos_tsc_khz : 0;
-    printf("parcount: %d threads, %lu iterations, %lu ms, %lu cycles on %lu CPUs, checksum %lx\n",
-           nthreads, total, ms, cycles, libos_ncpus, sum);
+    printf("parcount: %d threads, %lu iterations, %lu ms, %lu cycles on %lu CPUs, checksum %lx, "
+           "threads ran on %d CPUs\n", nthreads, total, ms, cycles, libos_ncpus, sum, ncpus_used);
     return 0;
 }
