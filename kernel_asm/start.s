@@ -69,12 +69,11 @@ kernel_cs_loaded:
     wrmsr
     mov rax, cr3
     mov qword ptr [rbx + PC_ROOT], rax
-    /* The per-CPU tick: x2APIC timer, periodic, TIMER_VECTOR (only where the
-     * VMM provides a local APIC and asks for a tick). */
-    movabs rax, qword ptr [BI_TIMER_COUNT_KVA]
+    /* The local APIC (x2APIC) where the VMM provides one: device interrupts,
+     * shootdown IPIs, and the per-CPU tick (periodic, TIMER_VECTOR) if asked. */
+    movabs rax, qword ptr [BI_APIC_KVA]
     test rax, rax
     jz kernel_no_timer
-    mov r13, rax
     mov ecx, MSR_APIC_BASE
     rdmsr
     or eax, 0xc00                       /* enable, x2APIC mode */
@@ -83,6 +82,10 @@ kernel_cs_loaded:
     mov eax, 0x1ff
     xor edx, edx
     wrmsr
+    movabs rax, qword ptr [BI_TIMER_COUNT_KVA]
+    test rax, rax
+    jz kernel_no_timer
+    mov r13, rax
     mov ecx, MSR_X2APIC_TIMER_DIV
     mov eax, 0xb                        /* divide by 1 */
     xor edx, edx

@@ -349,15 +349,29 @@ yield_enter:
 yield_self:
     cmp rsi, UP_IDLE
     jne yield_enter
-    /* IDLE: nothing to run on this CPU.  Halt until an interrupt (the next
-     * tick, or a shootdown), then enter ourselves with TIMER, arg0 = 0. */
+    /* IDLE: nothing to run on this CPU.  Halt until an interrupt, then enter
+     * ourselves with INTERRUPT (a device: arg0 = the pending mask) or TIMER
+     * (arg0 = 0).  Pending device interrupts are checked with interrupts off
+     * before halting (sti's one-instruction shadow covers hlt): none is lost. */
     mov rcx, K_LOCK
     mov dword ptr [rcx], 0
+    lea rcx, [rsp - 1]
+    and rcx, -0x4000
+    cmp qword ptr [rcx + PC_IRQ], 0
+    jne yield_irq
     sti
     hlt
     cli
+    cmp qword ptr [rcx + PC_IRQ], 0
+    jne yield_irq
     mov edi, UP_TIMER
     xor esi, esi
+    jmp yield_woken
+yield_irq:
+    xor esi, esi
+    xchg rsi, qword ptr [rcx + PC_IRQ]  /* take and clear the mask */
+    mov edi, UP_INTERRUPT
+yield_woken:
     xor edx, edx
     mov rcx, qword ptr [r8 + KBASE_PML4_INFO]
     shr rcx, 1

@@ -223,6 +223,28 @@ timer_root:
     xor edx, edx
     jmp exc_enter
 
+/* dev_common: a device interrupt ([rsp] = its device page).  It only marks
+ * the device pending on this CPU: whoever waits for a device halts its CPU
+ * (YIELD IDLE) and is entered with INTERRUPT and the pending mask (syscall.s,
+ * yield_self); a CPU busy in user mode just keeps the mark for its next wait. */
+dev_common:
+    push rax
+    push rcx
+    push rdx
+    mov ecx, MSR_X2APIC_EOI
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov rcx, qword ptr [rsp + 0x18]
+    lea rax, [rsp - 1]
+    and rax, -0x4000
+    lock bts qword ptr [rax + PC_IRQ], rcx
+    pop rdx
+    pop rcx
+    pop rax
+    add rsp, 8
+    iretq
+
 /* vec_flush: another CPU removed mappings of the address space we run (TLB
  * shootdown): reload cr3, then say so. */
 vec_flush:

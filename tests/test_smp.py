@@ -157,3 +157,35 @@ def test_spin_cannot_starve_the_shell():
     finally:
         child.close()
     assert child.exitstatus == 4
+
+
+def test_a_device_interrupt_wakes_a_halted_waiter(built):
+    """With no tick at all, a shell waiting for input halts its CPU (YIELD IDLE);
+    only the console's interrupt (irqfd -> MSI -> INTERRUPT upcall) can wake it."""
+    import threading
+    from devices.console import ConsoleIO, MemorySink, QueueSource
+    from vmm import hostinfo
+    from vmm.bootimage import build_boot_state
+    from vmm.machine import Machine
+    state = build_boot_state(built.kernel, built.programs, ram_bytes=64 << 20,
+                             host=hostinfo.host_type(), tsc_khz=hostinfo.tsc_khz(), timer=False)
+    assert state.bootinfo.timer_count == 0
+    sink, src = MemorySink(), QueueSource()
+    m = Machine(state, console=ConsoleIO(sink, src))
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", m.run(timeout=60)))
+    t.start()
+    try:
+        assert sink.wait_for(b"xsh$ ", 30), bytes(sink.data)[-500:]
+        import time
+        time.sleep(0.3)                 # the shell is halted in IDLE by now
+        src.push(b"hello woken\n")
+        assert sink.wait_for(b"woken", 10), "the interrupt did not wake the shell"
+        src.push(b"exit 6\n")
+        t.join(30)
+    finally:
+        if t.is_alive():
+            m.request_stop(1, "test")
+            t.join(10)
+        m.close()
+    assert result.get("status") == 6

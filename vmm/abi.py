@@ -267,6 +267,7 @@ UPCALLS = {
     "CPU": 4,           # (root) another CPU arrives at boot; arg0 = its index
     "TIMER": 5,         # (root) a tick: arg0 = 1 context saved in the frame, 0 woke from IDLE
     "PREEMPT": 6,       # a tick took the CPU from a child: r8 = its root, context in its frame
+    "INTERRUPT": 7,     # a device interrupted while we waited (IDLE): arg0 = mask of device pages
     "START": 8,         # libOS protocol from here on: first entry
     "EXIT": 9,          # child exits; arg0 = status
     "RESUME": 10,       # CPU given back
@@ -295,7 +296,7 @@ HOST_QEMU = 2                           # QEMU TCG, multiboot entry
 BOOTINFO_FIELDS = ["magic", "version", "host", "ram_bytes", "nframes",
                    "dev_pfn", "root_phys", "lstar", "iomap_base",
                    "initrd_size", "console_out_pfn", "console_in_pfn",
-                   "tsc_khz", "run_mode", "first_free_pfn", "ncpus", "timer_count"]
+                   "tsc_khz", "run_mode", "first_free_pfn", "ncpus", "timer_count", "apic"]
 RUN_SHELL = 0                           # bootinfo.run_mode: interactive shell
 RUN_COMMAND = 1                         # run the command line through xsh -c
 RUN_BENCH = 2                           # init shares the platform page with `bench` (cmdline)
@@ -361,6 +362,8 @@ USER_RFLAGS = 0x202
 # Interrupts (in-kernel LAPIC, x2APIC mode).
 TIMER_VECTOR = 0x40
 FLUSH_VECTOR = 0x41     # TLB shootdown IPI
+DEV_VECTOR = 0x50       # device page i interrupts on vector DEV_VECTOR + i (an MSI
+DEV_GSI = 32            # the VMM routes from GSI DEV_GSI + i, raised through an irqfd)
 TICK_US = 10_000        # per-CPU timer period
 
 # Kernel: per-CPU blocks (percpu words at the bottom, stack at the top) and TSSes.
@@ -373,6 +376,7 @@ PC_CPU = 24             # CPU index
 PC_ROOT = 32            # the root (PML4 phys) this CPU runs: for shootdowns and EBUSY
 PC_FLUSH = 40           # set by another CPU: flush your TLB (then clear it)
 PC_DEFER = 48           # ticks deferred because the frame was busy
+PC_IRQ = 56             # device interrupts pending on this CPU (bit i = device page i)
 TSS_IOMAP = 104         # the I/O bitmap follows each TSS ...
 TSS_IOMAP_BYTES = 256   # ... covering ports 0..0x7ff, then a 0xff byte
 TSS_LIMIT = TSS_IOMAP + TSS_IOMAP_BYTES
@@ -476,6 +480,7 @@ class BootInfo:
     cmdline: str = ""
     ncpus: int = 1
     timer_count: int = 0        # LAPIC timer initial count (divide by 1); 0 = no timer
+    apic: int = 0               # 1: the VMM provides a local APIC (x2APIC): enable it
 
     def pack(self) -> bytes:
         vals = {"magic": BOOTINFO_MAGIC, "version": ABI_VERSION}

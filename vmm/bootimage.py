@@ -157,6 +157,7 @@ class BootState:
     bootinfo: abi.BootInfo
     layout: dict[str, int] = field(default_factory=dict)   # named addresses, for dumps/tests
     cpus: list[CpuState] = field(default_factory=list)     # every vCPU, cpus[0] = cpu
+    irqchip: bool = True              # the kernel wants a local APIC (ticks, IPIs, device IRQs)
 
     def blob(self) -> bytes:
         """Bytes from BOOTINFO_PHYS to the end of the last write (zero filled): the QEMU
@@ -558,7 +559,8 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
         first_free_pfn=first_free, cmdline=cmdline, ncpus=ncpus,
         # The per-CPU tick needs the VMM's in-kernel local APIC (1 count = 1 ns
         # with divide-by-1); the QEMU multiboot path has none.
-        timer_count=abi.TICK_US * 1000 if timer and host != abi.HOST_QEMU else 0)
+        timer_count=abi.TICK_US * 1000 if timer and host != abi.HOST_QEMU else 0,
+        apic=0 if host == abi.HOST_QEMU else 1)
     try:
         mem.write(abi.BOOTINFO_PHYS, bi.pack())
     except ValueError as e:

@@ -45,7 +45,8 @@ SOURCE_32 = "boot32.s"
 STUB_SIZE = 0x1000
 KERNEL_VIRT64 = abi.KBASE + abi.KERNEL_PHYS + STUB_SIZE
 VECTORS_WITH_DPL3 = {3}                 # int3: the PVM syscall gate and breakpoints
-INTERRUPT_HANDLERS = {abi.TIMER_VECTOR: "vec_timer", abi.FLUSH_VECTOR: "vec_flush"}
+INTERRUPT_HANDLERS = {abi.TIMER_VECTOR: "vec_timer", abi.FLUSH_VECTOR: "vec_flush",
+                      **{abi.DEV_VECTOR + i: f"vec_dev{i}" for i in range(abi.DEV_PAGES)}}
 
 # The data area (image offsets; every block aligned as the hardware wants).
 KDATA = 0x10000
@@ -201,6 +202,8 @@ def _vector_stubs() -> str:
             continue
         push_err = "" if v in VECTORS_WITH_ERROR else "    push 0\n"
         out.append(f"vec{v}:\n{push_err}    push 0x{v:x}\n    jmp exc_common\n")
+    for i in range(abi.DEV_PAGES):              # device interrupts: [rsp] = device page
+        out.append(f"vec_dev{i}:\n    push 0x{i:x}\n    jmp dev_common\n")
     return "".join(out)
 
 

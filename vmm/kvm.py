@@ -211,6 +211,18 @@ class Vm:
     def create_irqchip(self):
         _check(lib.xomb_ioctl_int(self.fd, lib.KVM_CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP")
 
+    def set_msi_routes(self, routes: list[tuple[int, int, int]]):
+        """KVM_SET_GSI_ROUTING: each (gsi, MSI address, MSI data)."""
+        n = len(routes)
+        gsi = ffi.new("uint32_t[]", [r[0] for r in routes])
+        addr = ffi.new("uint32_t[]", [r[1] for r in routes])
+        data = ffi.new("uint32_t[]", [r[2] for r in routes])
+        _check(lib.xomb_set_msi_routes(self.fd, n, gsi, addr, data), "KVM_SET_GSI_ROUTING")
+
+    def irqfd(self, eventfd: int, gsi: int):
+        """KVM_IRQFD: a write to eventfd raises gsi, inside the kernel (no exit)."""
+        _check(lib.xomb_irqfd(self.fd, eventfd, gsi), "KVM_IRQFD")
+
     def ioeventfd(self, addr: int, length: int, fd: int, datamatch: int | None = None,
                   pio: bool = False, deassign: bool = False):
         """Register (or deassign) an eventfd signalled by a guest write at addr."""

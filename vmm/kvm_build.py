@@ -196,6 +196,12 @@ int xomb_ioctl_int(int fd, unsigned long req, unsigned long arg);
 void *xomb_mmap_shared(int fd, size_t len);
 int xomb_munmap(void *addr, size_t len);
 void xomb_mfence(void);
+/* MSI routes gsi[i] -> (address_lo[i], data[i]) and an irqfd per route:
+ * built in C over <linux/kvm.h>'s kvm_irq_routing (a flexible array of
+ * entries with a union), which cffi cannot describe. */
+int xomb_set_msi_routes(int vmfd, int n, const uint32_t *gsi, const uint32_t *address_lo,
+                        const uint32_t *data);
+int xomb_irqfd(int vmfd, int eventfd, uint32_t gsi);
 """
 
 SOURCE = r"""
@@ -227,6 +233,35 @@ static void *xomb_mmap_shared(int fd, size_t len)
 }
 static int xomb_munmap(void *addr, size_t len) { return munmap(addr, len); }
 static void xomb_mfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+#include <stdlib.h>
+#include <string.h>
+static int xomb_set_msi_routes(int vmfd, int n, const uint32_t *gsi, const uint32_t *address_lo,
+                               const uint32_t *data)
+{
+    struct kvm_irq_routing *r = calloc(1, sizeof(*r) + n * sizeof(r->entries[0]));
+    if (!r)
+        return -1;
+    r->nr = n;
+    for (int i = 0; i < n; i++) {
+        r->entries[i].gsi = gsi[i];
+        r->entries[i].type = KVM_IRQ_ROUTING_MSI;
+        r->entries[i].u.msi.address_lo = address_lo[i];
+        r->entries[i].u.msi.address_hi = 0;
+        r->entries[i].u.msi.data = data[i];
+    }
+    int rv = ioctl(vmfd, KVM_SET_GSI_ROUTING, r);
+    free(r);
+    return rv;
+}
+static int xomb_irqfd(int vmfd, int eventfd, uint32_t gsi)
+{
+    struct kvm_irqfd f;
+    memset(&f, 0, sizeof(f));
+    f.fd = (uint32_t)eventfd;
+    f.gsi = gsi;
+    return ioctl(vmfd, KVM_IRQFD, &f);
+}
 """
 
 ffibuilder = FFI()

@@ -107,6 +107,7 @@ class Machine:
         self._stop_lock = threading.Lock()
         self._mmio: dict[int, object] = {}
         self._eventfds: list[tuple[int, int, int]] = []
+        self._irqfds: dict[int, int] = {}
         self._extra_slots: list = []
         self._started = False
         self.kvm = self.vm = self.vcpu = self.mem = None
@@ -140,8 +141,10 @@ class Machine:
             d.attach(self)
         # The in-kernel local APIC gives each CPU its tick and the TLB-shootdown
         # IPIs (x2APIC); it must exist before the vCPUs.
-        if getattr(boot.bootinfo, "timer_count", 0) or self.ncpus > 1:
+        if getattr(boot, "irqchip", False) or getattr(boot.bootinfo, "timer_count", 0) \
+                or self.ncpus > 1:
             self.vm.create_irqchip()
+            self._route_device_irqs()
         cpus = getattr(boot, "cpus", None) or [boot.cpu]
         for i in range(self.ncpus):
             v = self.vm.create_vcpu(i)
@@ -161,6 +164,29 @@ class Machine:
             lib.KVM_EXIT_DEBUG: self._exit_debug,
             lib.KVM_EXIT_SYSTEM_EVENT: self._exit_system_event,
         }
+
+    def _route_device_irqs(self):
+        """Device page i interrupts through GSI DEV_GSI + i: an MSI with vector
+        DEV_VECTOR + i, broadcast to every CPU (whoever waits for the device may
+        be halted on any of them), raised by writing an eventfd (irqfd): no exit."""
+        routes = [(abi.DEV_GSI + i, 0xFEE00000 | (0xFF << 12), abi.DEV_VECTOR + i)
+                  for i in range(abi.DEV_PAGES)]
+        self.vm.set_msi_routes(routes)
+        for i in range(abi.DEV_PAGES):
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.vm.irqfd(fd, abi.DEV_GSI + i)
+            self._irqfds[i] = fd
+
+    def raise_irq(self, index: int) -> bool:
+        """Interrupt the guest for device page `index` (from any thread)."""
+        fd = self._irqfds.get(index)
+        if fd is None:
+            return False
+        try:
+            os.eventfd_write(fd, 1)
+        except OSError:
+            return False
+        return True
 
     # ------------------------------------------------- device registration API
     def device_page_gpa(self, index: int) -> int:
@@ -581,6 +607,9 @@ class Machine:
     def close(self):
         if self.vm is not None:
             self.vm.close()             # drops the ioeventfds too (a deassign costs ~5 ms)
+            for fd in self._irqfds.values():
+                os.close(fd)
+            self._irqfds.clear()
             for gpa, length, fd in self._eventfds:
                 os.close(fd)
             self._eventfds.clear()

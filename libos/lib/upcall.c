@@ -70,6 +70,7 @@ uint64_t upcall_current_cpu(void)
     return libos_home_cpu;
 }
 static struct ctx *volatile idle_waiter[XOMB_MAX_CPUS];
+volatile uint64_t upcall_irq_pending;
 
 int cpu_wait_tick(uint64_t cpu)
 {
@@ -109,6 +110,10 @@ void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_ro
     case XOMB_UP_TIMER:                 /* the root's tick */
         if (arg0)
             upcall_resume(f);
+        __attribute__((fallthrough));
+    case XOMB_UP_INTERRUPT:             /* a device interrupted our IDLE wait */
+        if (no == XOMB_UP_INTERRUPT)
+            __atomic_fetch_or(&upcall_irq_pending, arg0, __ATOMIC_SEQ_CST);
         if (cpu < XOMB_MAX_CPUS && idle_waiter[cpu]) {  /* woke a cpu_wait_tick() */
             struct ctx *w = idle_waiter[cpu];
             idle_waiter[cpu] = 0;

@@ -35,8 +35,10 @@ __attribute__((noreturn)) void upcall_dispatch(uint64_t no, uint64_t arg0, uint6
 __attribute__((noreturn)) void upcall_resume(struct xomb_frame *f);
 /* This CPU has nothing to run: halt it until the next tick (IDLE). */
 __attribute__((noreturn)) void cpu_idle(void);
-/* Wait for this CPU's next tick without burning it (YIELD IDLE): returns 0
- * after the tick, -1 if the kernel refused. */
+/* Wait for this CPU's next tick or a device interrupt without burning it
+ * (YIELD IDLE): returns 0 when woken, -1 if the kernel refused. */
 int cpu_wait_tick(uint64_t cpu);
+/* Device interrupts received (bit i = device page i); a driver clears its bit. */
+extern volatile uint64_t upcall_irq_pending;
 /* We do not need this CPU: give it back to our parent (the root idles it). */
 __attribute__((noreturn)) void cpu_unneeded(void);
