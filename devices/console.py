@@ -354,8 +354,9 @@ class Console(Device):
                 continue
             n = self.in_ring.produce(pending)
             self.stats["bytes_in"] += n
-            if n:                           # wake a reader halted in IDLE (irqfd: no exit)
-                self.machine.raise_irq(abi.DEV_CONSOLE_DOORBELL)
+            raise_irq = getattr(self.machine, "raise_irq", None)
+            if n and raise_irq:             # wake a reader halted in IDLE (irqfd: no exit)
+                raise_irq(abi.DEV_CONSOLE_DOORBELL)
             pending = pending[n:]
             if pending:
                 self._stop.wait(0.005)      # ring full: the guest is not reading yet
