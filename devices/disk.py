@@ -367,7 +367,19 @@ class Disk(Device):
                     return True
                 done += 1
             _put(m, spa + abi.DS_SQ_HEAD, _U32, vf.sq_head)
+            if done:
+                self._interrupt(vf, spa)
             return done > 0
+
+    def _interrupt(self, vf: VF, spa: int) -> None:
+        """Completions (or a fault) are posted: if the driver chose interrupts
+        (DS_IRQ), raise the VF's (irqfd -> MSI -> an INTERRUPT upcall into a driver
+        waiting in IDLE; no VM exit)."""
+        if _U32.unpack_from(self.mem, spa + abi.DS_IRQ)[0]:
+            vf.stats["interrupts"] = vf.stats.get("interrupts", 0) + 1
+            raise_irq = getattr(self.machine, "raise_irq", None)
+            if raise_irq:
+                raise_irq(abi.DEV_DISK_VF0 + vf.index)
 
     def _run_jobs(self, vf: VF, batch: list) -> None:
         """Do the batch's I/O: reads and writes between two flushes/discards run in
@@ -523,6 +535,7 @@ class Disk(Device):
             except IommuFault:
                 pass                    # the ring itself is bad: the count still says it
         self._bump(spa + abi.DS_FAULTS)
+        self._interrupt(vf, spa)                # the fault upcall, if interrupts are on
 
     # ------------------------------------------------------------------ reports
     def report(self) -> str:

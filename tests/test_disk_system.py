@@ -132,3 +132,12 @@ def test_kill_9_during_writes_keeps_every_flushed_write(image):
             got = fs.read(f"/churn/{slot}")
             newer = [_churn_payload(j) for j in range(i, last + 3) if j % 64 == slot]
             assert got in newer, (slot, i)
+
+
+def test_completions_by_interrupt_with_no_tick(image):
+    """The driver's choice: with DS_IRQ set it halts its CPU while it waits, and
+    with no timer tick only the disk's interrupt (irqfd -> MSI -> INTERRUPT
+    upcall) can wake it, so every round trip completing proves the path."""
+    rc, out = xomb("run", "--no-timer", "--disk", str(image), "disktest", "irq", "25")
+    assert rc == 0, out[-2000:]
+    assert "irq: 25 write+read round trips, completions by interrupt" in out

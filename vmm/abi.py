@@ -70,6 +70,8 @@ DS_BLOCK_SIZE = 40      # u32 device
 DS_MAX_BLOCKS = 44      # u32 device: most blocks one command may move
 DS_SQ_HEAD = 48         # u32 device: entries consumed
 DS_VF = 52              # u32 device: which VF (endpoint id)
+DS_IRQ = 56             # u32 driver: 1 = interrupt me (device page DEV_DISK_VF0 + vf)
+                        #   after completions and faults; 0 = I poll
 DS_SETUP = 256          # driver, before VF_ENABLE:
 DS_SETUP_VF_VA = 256    #   u64 where the driver maps the VF register page
 DS_SETUP_SQ_VA = 264    #   u64 submission queue (QSIZE * 64 bytes)

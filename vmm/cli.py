@@ -206,7 +206,8 @@ def _boot_state(args, cmdline: str, run_mode: int):
     return build_boot_state(kernel, built.programs, ram_bytes=ram,
                             host=hostinfo.host_type(), cmdline=cmdline, run_mode=run_mode,
                             tsc_khz=hostinfo.tsc_khz(args.kvm_device),
-                            ncpus=getattr(args, "cpus", 1))
+                            ncpus=getattr(args, "cpus", 1),
+                            timer=not getattr(args, "no_timer", False))
 
 
 def _run_machine(args, boot, interactive: bool, t_start: float) -> int:
@@ -363,6 +364,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="print the boot timer and VM-exit counts to stderr")
         sp.add_argument("--disk", metavar="FILE",
                         help="a disk image (xomb-vmm mkfs): one virtual function per namespace")
+        sp.add_argument("--no-timer", action="store_true",
+                        help="no periodic tick: a halted CPU wakes only on a device interrupt "
+                             "(to study interrupt paths; nothing is preempted)")
 
     b = sub.add_parser("boot", help="boot the exokernel with an interactive console")
     common(b)

@@ -1,5 +1,6 @@
 /* The disk driver (see disk.h). */
 #include "disk.h"
+#include "upcall.h"
 #include "libos.h"
 #include "mem.h"
 #include "string.h"
@@ -127,12 +128,28 @@ int disk_reap(struct disk *d, struct disk_cqe *out)
     return 1;
 }
 
+void disk_use_interrupts(struct disk *d, int on)
+{
+    d->use_irq = on;
+    DS32(d, XOMB_DS_IRQ) = (uint32_t)on;
+}
+
+void disk_wait(struct disk *d)
+{
+    /* A completion posted after our last look is not lost: its interrupt is
+     * already pending on this CPU, and the kernel checks before halting. */
+    if (!d->use_irq || cpu_wait_tick(libos_home_cpu) < 0)
+        cpu_relax();
+    __atomic_fetch_and(&upcall_irq_pending, ~(1ULL << (XOMB_DEV_DISK_VF0 + d->vf)),
+                       __ATOMIC_SEQ_CST);
+}
+
 int disk_io(struct disk *d, unsigned op, uint64_t lba, uint32_t nblocks, void *buf)
 {
     struct disk_cqe c;
     while (disk_inflight(d))            /* synchronous callers own the queue */
         if (!disk_reap(d, 0))
-            cpu_relax();
+            disk_wait(d);
     if (disk_submit(d, op, 1, lba, nblocks, (uint64_t)buf) < 0)
         return XOMB_DST_BAD_DOORBELL;
     disk_kick(d);
@@ -141,7 +158,7 @@ int disk_io(struct disk *d, unsigned op, uint64_t lba, uint32_t nblocks, void *b
     while (!disk_reap(d, &c)) {
         if (rdtsc() > deadline)
             return DISK_TIMEOUT;
-        cpu_relax();
+        disk_wait(d);
     }
     d->last = c;
     return c.status >> 1;

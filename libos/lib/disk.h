@@ -48,6 +48,7 @@ struct disk {
     struct disk_cqe last;       /* the last completion disk_io() took */
     disk_fault_fn on_fault;     /* see disk_on_fault() */
     uint64_t faults_delivered;  /* records handed to on_fault */
+    int use_irq;                /* wait for completions by interrupt, not by polling */
 };
 
 #define DS32(d, off) (*(volatile uint32_t *)((d)->st + (off)))
@@ -57,6 +58,12 @@ struct disk {
  * pool) for the VF mapped at vf_va and bind it.  0 or a negative error. */
 long disk_open(struct disk *d, uint64_t vf_va, uint64_t qva, uint32_t qsize);
 void disk_close(struct disk *d);
+/* The driver's choice: 1 = the device interrupts us after completions and
+ * faults and we halt our CPU while we wait (YIELD IDLE, woken by the
+ * INTERRUPT upcall); 0 (the default) = we poll. */
+void disk_use_interrupts(struct disk *d, int on);
+/* Wait a little for the device: by interrupt or by a pause, as chosen. */
+void disk_wait(struct disk *d);
 
 /* Queue one command (no doorbell yet): 0, or -1 if qsize are outstanding. */
 int disk_submit(struct disk *d, unsigned op, uint16_t cid, uint64_t lba, uint32_t nblocks,

@@ -6,6 +6,8 @@
  *                           printing "acked I" once file I is durable (crash test)
  *   disktest verify N       check what churn wrote
  *   disktest fsops          fs_pwrite, and a file mapped as memory, changed, synced back
+ *   disktest irq N          N write+read round trips waiting for completions by
+ *                           interrupt (the driver halts its CPU: YIELD IDLE)
  */
 #include "xomb.h"
 
@@ -164,6 +166,27 @@ static int fsops(void)
     return bad;
 }
 
+/* Completions by interrupt: each wait halts this CPU until the disk's
+ * interrupt (an INTERRUPT upcall) wakes it. */
+static int irq_test(uint64_t n)
+{
+    static uint64_t page[512] __attribute__((aligned(4096)));
+    disk_use_interrupts(&d, 1);
+    for (uint64_t i = 0; i < n; i++) {
+        for (int k = 0; k < 512; k++)
+            page[k] = i * 1000 + (uint64_t)k;
+        int s1 = disk_io(&d, XOMB_DOP_WRITE, i % d.nblocks, 1, page);
+        memset(page, 0, sizeof(page));
+        int s2 = disk_io(&d, XOMB_DOP_READ, i % d.nblocks, 1, page);
+        if (s1 || s2 || page[7] != i * 1000 + 7) {
+            printf("irq: I/O %lu failed (status %d/%d)\n", i, s1, s2);
+            return 1;
+        }
+    }
+    printf("irq: %lu write+read round trips, completions by interrupt\n", n);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -184,6 +207,8 @@ int main(int argc, char **argv)
         return fsops();
     if (!strcmp(argv[1], "verify"))
         return churn(n ? n : 100, 1);
+    if (!strcmp(argv[1], "irq"))
+        return irq_test(n ? n : 20);
     puts("disktest: unknown command");
     return 2;
 }
