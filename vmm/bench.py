@@ -58,6 +58,8 @@ ROWS = [
         "SIGSEGV handler + mprotect", 120),
     Row("yield", "address-space switch round trip (yield ping-pong)", "pipe",
         "pipe ping-pong, same CPU", 120),
+    Row("xcpu", "IPC round trip across CPUs (2 address spaces, shared page, 2 vCPUs)",
+        "futex_x", "futex ping-pong, 2 processes on 2 CPUs", kind="guest2"),
     Row("console", "console output, 64-byte lines"),
     Row("vm_create", "VM creation to first guest instruction", kind="vm_create"),
     Row("boot", "VMM start to shell prompt", kind="boot"),
@@ -301,20 +303,21 @@ def _built(kernel_file: str | None = None):
     return built
 
 
-def _boot_state(built, run_mode: int, cmdline: str, ram: int, kvm_path: str):
+def _boot_state(built, run_mode: int, cmdline: str, ram: int, kvm_path: str, ncpus: int = 1):
     from vmm import hostinfo
     from vmm.bootcache import build_boot_state_cached as build_boot_state
     return build_boot_state(built.kernel, built.programs, ram_bytes=ram,
                             host=hostinfo.host_type(), cmdline=cmdline, run_mode=run_mode,
-                            tsc_khz=hostinfo.tsc_khz(kvm_path))
+                            tsc_khz=hostinfo.tsc_khz(kvm_path), ncpus=ncpus)
 
 
 def run_guest(built, keys: list[str], rounds: int, quick: bool, linux_exe: Path | None,
-              ram: int = 128 << 20, kvm_path: str = "/dev/kvm", timeout: float = 300.0) -> GuestRun:
+              ram: int = 128 << 20, kvm_path: str = "/dev/kvm", timeout: float = 300.0,
+              ncpus: int = 1) -> GuestRun:
     from devices.console import ConsoleIO
     from vmm.machine import Machine
     cmdline = " ".join(["-r", str(rounds), *(["-q"] if quick else []), *keys])
-    boot = _boot_state(built, abi.RUN_BENCH, cmdline, ram, kvm_path)
+    boot = _boot_state(built, abi.RUN_BENCH, cmdline, ram, kvm_path, ncpus)
     tsc_khz = boot.bootinfo.tsc_khz
     if not tsc_khz:
         raise BenchError("the TSC frequency is unknown (KVM_GET_TSC_KHZ failed)")
@@ -325,7 +328,7 @@ def run_guest(built, keys: list[str], rounds: int, quick: bool, linux_exe: Path 
     first = 4 if quick else 3
     by_id = {first + i: k for i, k in enumerate(keys)}
     linux_names = [r.linux for r in ROWS if r.key in keys and r.linux]
-    m = Machine(boot, console=ConsoleIO(sink, None), kvm_path=kvm_path)
+    m = Machine(boot, console=ConsoleIO(sink, None), kvm_path=kvm_path, cpus=ncpus)
     counter = InsnCounter(m, boot.symbols)
     phase = {}
 
@@ -472,6 +475,12 @@ def run_bench(quick: bool = False, rounds: int | None = None, kvm_path: str = "/
     keys = [r.key for r in ROWS if r.kind == "guest"]
     say(f"guest benchmarks, {rounds} rounds interleaved with Linux ...")
     g = run_guest(built, keys, rounds, quick, linux, ram=ram, kvm_path=kvm_path)
+    keys2 = [r.key for r in ROWS if r.kind == "guest2"]
+    if keys2:                       # rows that need two vCPUs: a VM of their own
+        say("cross-CPU benchmarks (2 vCPUs) ...")
+        g2 = run_guest(built, keys2, rounds, quick, linux, ram=ram, kvm_path=kvm_path, ncpus=2)
+        for attr in ("rounds", "linux", "ops", "phase_s", "exits"):
+            getattr(g, attr).update(getattr(g2, attr))
     special_rounds = 3 if quick else 5
     say("VM creation and boot ...")
     boot_state = _boot_state(built, abi.RUN_SHELL, "", ram, kvm_path)
@@ -485,7 +494,7 @@ def run_bench(quick: bool = False, rounds: int | None = None, kvm_path: str = "/
     for r in ROWS:
         row = {"key": r.key, "title": r.title, "linux_title": r.linux_title,
                "target_kernel_insns": r.target_insns}
-        if r.kind == "guest":
+        if r.kind in ("guest", "guest2"):
             row["unit"] = "ns/op"
             row["guest"] = _stats(g.rounds.get(r.key, []))
             row["linux"] = _stats(g.linux.get(r.linux, [])) if r.linux else None
@@ -566,7 +575,8 @@ def print_report(result: dict, console=None) -> None:
         guest = _mmm(row.get("guest"), unit)
         if row.get("bytes_per_s"):
             guest += f"\n{row['bytes_per_s']['median'] / 1e6:.1f} MB/s"
-        ratio = f"{row['ratio']:.1f}x" if row.get("ratio") else ""
+        ratio = (f"{row['ratio']:.1f}x" if row['ratio'] >= 0.1 else f"{row['ratio']:.4f}x") \
+            if row.get("ratio") else ""
         t.add_row(name, guest, _mmm(row.get("linux"), unit), ratio, ins_s, ex_s)
     con.print(t)
     # bar chart: guest and Linux medians on a log scale

@@ -7,6 +7,7 @@
  *   mmap     mmap 4 KiB anonymous + touch + munmap       (page share + unmap)
  *   segv     SIGSEGV handler + mprotect, first touch     (fault upcall round trip)
  *   pipe     pipe ping-pong, 2 processes, same CPU       (address-space switch)
+ *   futex_x  futex ping-pong, 2 processes on CPUs 0 and 1 (cross-CPU IPC)
  */
 #define _GNU_SOURCE
 #include <sched.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -112,11 +114,56 @@ static double b_pipe(long n)
     return r;
 }
 
+/* Two processes (separate address spaces, like the guest's) on CPUs 0 and 1
+ * pass a turn back and forth through a shared word, sleeping in the kernel
+ * (FUTEX_WAIT) until it is theirs and waking the other (FUTEX_WAKE). */
+static void futex_wait(volatile int *w, int val)
+{
+    syscall(SYS_futex, w, FUTEX_WAIT, val, 0, 0, 0);
+}
+
+static void futex_wake(volatile int *w)
+{
+    syscall(SYS_futex, w, FUTEX_WAKE, 1, 0, 0, 0);
+}
+
+static double b_futex_x(long n)
+{
+    volatile int *turn = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (turn == MAP_FAILED)
+        exit(3);
+    *turn = 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        pin(1);
+        for (long i = 0; i < n; i++) {
+            while (*turn != 1)
+                futex_wait(turn, 0);
+            *turn = 0;
+            futex_wake(turn);
+        }
+        _exit(0);
+    }
+    pin(0);
+    double t = now_ns();
+    for (long i = 0; i < n; i++) {
+        *turn = 1;
+        futex_wake(turn);
+        while (*turn != 0)
+            futex_wait(turn, 1);
+    }
+    double r = (now_ns() - t) / n;
+    waitpid(pid, 0, 0);
+    munmap((void *)turn, 4096);
+    return r;
+}
+
 static const struct { const char *name; double (*fn)(long); long iters, quick; } B[] = {
     { "getpid", b_getpid, 200000, 50000 },
     { "mmap",   b_mmap,    20000,  5000 },
     { "segv",   b_segv,    20000,  5000 },
     { "pipe",   b_pipe,    10000,  2500 },
+    { "futex_x", b_futex_x, 10000, 2500 },
 };
 
 int main(int argc, char **argv)

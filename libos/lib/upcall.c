@@ -71,6 +71,9 @@ uint64_t upcall_current_cpu(void)
 }
 static struct ctx *volatile idle_waiter[XOMB_MAX_CPUS];
 volatile uint64_t upcall_irq_pending;
+static void (*donate_handler)(uint64_t cpu);
+
+void set_donate_handler(void (*h)(uint64_t cpu)) { donate_handler = h; }
 
 int cpu_wait_tick(uint64_t cpu)
 {
@@ -124,6 +127,8 @@ void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_ro
         process_donate(cpu);
         cpu_idle();
     case XOMB_UP_DONATE:                /* our parent gives us a CPU */
+        if (donate_handler)             /* the program's own use for it */
+            donate_handler(cpu);
         thread_cpu_donated(cpu);        /* our threads use it (if we have any) */
         process_donate(cpu);            /* else the child we wait for */
         cpu_unneeded();

@@ -40,5 +40,8 @@ __attribute__((noreturn)) void cpu_idle(void);
 int cpu_wait_tick(uint64_t cpu);
 /* Device interrupts received (bit i = device page i); a driver clears its bit. */
 extern volatile uint64_t upcall_irq_pending;
+/* A program's own use for a CPU its parent donates (DONATE upcall); if the
+ * handler returns, the default applies (threads, then our waited-for child). */
+void set_donate_handler(void (*h)(uint64_t cpu));
 /* We do not need this CPU: give it back to our parent (the root idles it). */
 __attribute__((noreturn)) void cpu_unneeded(void);
