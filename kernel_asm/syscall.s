@@ -337,6 +337,7 @@ sys_yield:
     and rcx, -0x4000
     mov qword ptr [rcx + PC_ROOT], rax
     mov qword ptr [rcx + PC_DEFER], 0
+    mov qword ptr [rcx + PC_TICKS], 0
 yield_enter:
     mov rcx, K_LOCK
     mov dword ptr [rcx], 0              /* unlock */

@@ -108,6 +108,7 @@ to_parent:
     and rax, -0x4000
     mov qword ptr [rax + PC_ROOT], rcx
     mov qword ptr [rax + PC_DEFER], 0
+    mov qword ptr [rax + PC_TICKS], 0
     mov rcx, qword ptr [rcx + KBASE_PML4_INFO]
     shr rcx, 1
     mov rax, K_LOCK
@@ -206,12 +207,22 @@ timer_return:
     add rsp, 0x10
     iretq
 
-/* The context is in the frame (lock held, rsi = vector). */
+/* The context is in the frame (lock held, rsi = vector).  The first tick
+ * after an address space got the CPU is its own (TIMER: its libOS may switch
+ * threads); a second without it yielding, and its parent takes the CPU back
+ * (PREEMPT).  The root's ticks are always its own. */
 timer_saved:
     mov r8, cr3
     mov rcx, qword ptr [r8 + KBASE_SLOT1]
     test ecx, PTE_SLOT
     jz timer_root
+    lea rax, [rsp - 1]
+    and rax, -0x4000
+    cmp qword ptr [rax + PC_TICKS], 0
+    jne timer_preempt
+    mov qword ptr [rax + PC_TICKS], 1
+    jmp timer_root
+timer_preempt:
     and rcx, -0x1000                    /* the parent takes the CPU back */
     mov edi, UP_PREEMPT
     xor esi, esi

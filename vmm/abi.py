@@ -379,6 +379,7 @@ PC_ROOT = 32            # the root (PML4 phys) this CPU runs: for shootdowns and
 PC_FLUSH = 40           # set by another CPU: flush your TLB (then clear it)
 PC_DEFER = 48           # ticks deferred because the frame was busy
 PC_IRQ = 56             # device interrupts pending on this CPU (bit i = device page i)
+PC_TICKS = 64           # ticks the running address space has had since it got the CPU
 TSS_IOMAP = 104         # the I/O bitmap follows each TSS ...
 TSS_IOMAP_BYTES = 256   # ... covering ports 0..0x7ff, then a 0xff byte
 TSS_LIMIT = TSS_IOMAP + TSS_IOMAP_BYTES
