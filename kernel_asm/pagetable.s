@@ -133,20 +133,28 @@ frame_drop:
     mov ecx, 0x200
     rep stosq
 frame_home:
-    /* The root's window tables always exist (built at boot, never freed):
-     * PML4[1] -> PDPT[pfn >> 18] -> PD[(pfn >> 9) & 511] -> PT[pfn & 511]. */
+    /* The root's window tables cover every frame (built at boot, never
+     * freed): PML4[1] -> PDPT[pfn >> 18] -> PD[(pfn >> 9) & 511] -> PT[pfn & 511].
+     * Checked anyway: without a table the frame would stay lost, never be
+     * written through a wrong one. */
     movabs rax, qword ptr [K_ROOT_PHYS]
     mov rdi, rax
     mov rax, qword ptr [rdi + KBASE_WINDOW]
+    test al, 1
+    jz frame_home_lost
     and rax, -0x1000
     mov rcx, rdx
     shr rcx, 0x12
     mov rax, qword ptr [rax + rcx*8 + KBASE]
+    test al, 1
+    jz frame_home_lost
     and rax, -0x1000
     mov rcx, rdx
     shr rcx, 9
     and ecx, 0x1ff
     mov rax, qword ptr [rax + rcx*8 + KBASE]
+    test al, 1
+    jz frame_home_lost
     and rax, -0x1000
     mov rcx, rdx
     and ecx, 0x1ff
@@ -164,6 +172,7 @@ frame_home_store:
     movabs rax, qword ptr [K_ROOT_PHYS]
     shr rax, 0xc
     inc dword ptr [rax*8 + FRAMES_KVA]  /* the root holds it */
+frame_home_lost:
     pop rdx
     pop rdi
 frame_drop_done:

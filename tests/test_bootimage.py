@@ -636,3 +636,13 @@ def test_checker_detects(elfs, breakage):
         struct.pack_into("<Q", mem, pte_at, 0)
     with pytest.raises(AssertionError):
         check_invariants(st, mem)
+
+
+def test_every_frame_has_a_home_with_tables(state128, ram128):
+    """frame_home (kernel) puts a freed frame back at WINDOW_VA + pfn*4096 without
+    allocating: the window's tables must cover every frame, at home or not."""
+    root = state128.cpu.cr3
+    end = state128.ram_bytes // PAGE + abi.DEV_PAGES
+    for pfn in range(0, end, 512):
+        w = walk(ram128, root, abi.WINDOW_VA + pfn * PAGE)
+        assert w.present or w.stopped_at == 1, f"pfn {pfn:#x}: no page table"

@@ -402,17 +402,12 @@ def build_kernel_tables(mem: PhysMem, ram_bytes: int, code_end: int = abi.KERNEL
 # The boot state
 # --------------------------------------------------------------------------
 def _window_tables(first_free: int, end_ram: int, dev_lo: int, dev_hi: int) -> int:
-    """Table pages (PDPT, PDs, PTs) needed to map the window ranges in a fresh PML4 slot."""
-    ranges = [(first_free, end_ram), (dev_lo, dev_hi)]
+    """Table pages (PDPT, PDs, PTs) of the window in a fresh PML4 slot.  They cover
+    every frame, RAM and device, at home or not: the kernel's frame_home walks
+    them to put a freed frame back, and never allocates."""
     total = 0
     for shift in (39, 30, 21):          # one table per block of this size
-        blocks: set[int] = set()
-        for lo, hi in ranges:
-            if hi > lo:
-                a = (abi.WINDOW_VA + lo * PAGE) >> shift
-                b = (abi.WINDOW_VA + hi * PAGE - 1) >> shift
-                blocks.update(range(a, b + 1))
-        total += len(blocks)
+        total += ((abi.WINDOW_VA + dev_hi * PAGE - 1) >> shift) - (abi.WINDOW_VA >> shift) + 1
     return total
 
 
@@ -529,6 +524,8 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
              nframes - first_free, what="window")
         map_(abi.WINDOW_VA + dev_lo * PAGE, dev_lo * PAGE, WINDOW_DEV_RIGHTS,
              dev_hi - dev_lo, what="window (device pages)")
+        for va in range(abi.WINDOW_VA, abi.WINDOW_VA + dev_hi * PAGE, 1 << 21):
+            pt.table(va, 1, create=True)        # a home for frames not at home yet
         pt.alloc = alloc
         spare = first_free - win_alloc.next // PAGE   # frames reserved but unused (rare)
     except MappingError as e:
