@@ -132,7 +132,9 @@ kernel_halt:
 
 /* frame_find: rax = this CPU's activation frame (a KBASE address, so no user
  * address is ever dereferenced) in the current address space, or 0 if
- * UPCALL_VA is not mapped present, writable and user.  Clobbers rax, rcx.
+ * UPCALL_VA is not mapped present, writable, user, and ordinary memory (a
+ * device page there would have the kernel write registers into a device).
+ * Clobbers rax, rcx.
  * The walk reads our own tables through the self-map: UPCALL_VA is in the
  * first 2 MiB, index 0 at each upper level, index 1 in the PT. */
 frame_find:
@@ -150,9 +152,11 @@ frame_find:
     and ecx, 7
     cmp ecx, 7
     jne frame_none
-    shl rax, 0xc                        /* the page's physical address */
+    shl rax, 0xc                        /* the page's frame number */
     shr rax, 0x18
-    shl rax, 0xc
+    cmp byte ptr [rax*8 + FRAMES_TYPE_KVA], FT_DATA
+    jne frame_none                      /* ordinary memory only, never device registers */
+    shl rax, 0xc                        /* its physical address */
     lea rcx, [rsp - 1]
     and rcx, -0x4000
     mov rcx, qword ptr [rcx + PC_CPU]

@@ -166,6 +166,15 @@ static int attack(const char *name)
         __asm__ volatile("ud2");
         return WORKED;
     }
+    if (!strcmp(name, "device-frame")) {         /* a device page as the activation */
+        xomb_release(XOMB_AS_SELF, XOMB_UPCALL_VA, 1);   /* frame: the kernel must not */
+        struct xomb_result r = xomb_map(XOMB_AS_SELF, XOMB_UPCALL_VA, XOMB_AS_SELF,
+                                        XOMB_CONSOLE_BELL_VA, 1, XOMB_MAP_W);
+        if (r.rv < 0)                            /* write registers into a device */
+            return REFUSED;
+        __asm__ volatile("ud2");
+        return WORKED;
+    }
     if (!strcmp(name, "fault-in-handler")) {     /* the handler faults too */
         set_fault_handler(0);
         extern int fault_again(struct xomb_frame *);
@@ -193,8 +202,8 @@ static const char *const attacks[] = {
     "amplify-w", "amplify-x", "archive-write", "map-foreign", "yield-foreign",
     "forge-upcall", "steal-parent", "destroy-parent", "kernel-jump", "div-zero", "ud2",
     "int3", "cli", "mov-cr3", "hlt", "wrmsr", "port-io", "gate-exec", "wild-syscall",
-    "gate-noncanonical-rcx", "gate-kernel-rcx", "no-frame-fault", "fault-in-handler",
-    "bad-stack",
+    "gate-noncanonical-rcx", "gate-kernel-rcx", "no-frame-fault", "device-frame",
+    "fault-in-handler", "bad-stack",
 };
 
 static void describe(char *buf, size_t n, const struct proc_status *st)
