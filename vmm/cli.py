@@ -182,6 +182,11 @@ def _known_errors() -> tuple:
         errs.append(BIE)
     except Exception:
         pass
+    try:
+        from vmm.lab import LabError
+        errs.append(LabError)
+    except Exception:
+        pass
     return tuple(errs)
 
 
@@ -402,6 +407,8 @@ def make_parser() -> argparse.ArgumentParser:
     fsp.set_defaults(func=cmd_fs)
     bl = sub.add_parser("build", help="build the kernel and the programs")
     bl.set_defaults(func=cmd_build)
+    from vmm import lab                 # lab list | new N DIR | grade N [DIR] (docs/labs)
+    lab.add_parser(sub)
     return p
 
 

@@ -97,8 +97,10 @@ void *malloc(size_t n)
 
 void free(void *p)
 {
+    /* LAB 4 BEGIN STUB: (void)p; */
     if (p)
         insert_free((struct block *)((char *)p - HDR));
+    /* LAB 4 END */
 }
 
 void *calloc(size_t n, size_t size)

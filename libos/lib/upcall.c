@@ -143,8 +143,10 @@ void upcall_dispatch(uint64_t no, uint64_t arg0, uint64_t arg1, uint64_t from_ro
 
     if (no == XOMB_UP_FAULT || no == XOMB_UP_SYSCALL) {
         upcall_handler_t h = no == XOMB_UP_FAULT ? fault_handler : syscall_handler;
-        if (h && h(f))
+        /* LAB 3 BEGIN STUB: (void)h; */
+        if (h && h(f))                  /* the program handled it: go back */
             upcall_resume(f);
+        /* LAB 3 END */
         if (no == XOMB_UP_SYSCALL)
             printf("%s: unknown system call 0x%lx at rip 0x%lx\n", libos_name,
                    f->rax, f->rip);

@@ -586,11 +586,19 @@ static void test_malloc(void)
     free(z);
     free(big);
     free(r);
-    for (int i = 3; i < 64; i += 2)
+    char *highest = r > big ? r : big;         /* the top of what we allocated */
+    if (z > highest)
+        highest = z;
+    for (int i = 3; i < 64; i += 2) {
+        if (blocks[i] > highest)
+            highest = blocks[i];
         free(blocks[i]);
+    }
     void *again = malloc(64);
     check("libos.malloc.reuse", again && (uint64_t)again < XOMB_HEAP_VA + 64 * PAGE_SIZE,
           "freed blocks are not reused");
+    check("libos.malloc.reuse_freed", again && (char *)again < highest,
+          "malloc after free took new memory above every freed block");
     free(again);
 }
 

@@ -1,0 +1,158 @@
+"""Teaching labs (vmm/lab.py, docs/labs): the markers, `lab list`, `lab new`, `lab grade`.
+
+The marker tests are pure; grading boots VMs (requires_kvm).  Marker examples
+are kept inside one-line strings here so that `lab new` never strips this file.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_kvm
+from vmm import lab, paths
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def xomb(*args, cwd=ROOT, timeout=300):
+    p = subprocess.run([sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+                       cwd=cwd, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+# --------------------------------------------------------------------------
+# Markers (pure)
+# --------------------------------------------------------------------------
+C_SRC = ("int f(void)\n{\n    int x = 1;\n    /* LAB 3 BEGIN STUB: return 0; */\n"
+         "    x += 41;\n    return x;\n    /* LAB 3 END */\n}\n"
+         "int g(void)\n{\n    /* LAB 4 BEGIN */\n    return 4;\n    /* LAB 4 END */\n}\n")
+
+
+def test_strip_replaces_the_region_with_the_stub_at_its_indentation():
+    out, n = lab.strip_lab(C_SRC, 3)
+    assert n == 1
+    assert out == ("int f(void)\n{\n    int x = 1;\n    /* LAB 3: your code here */\n"
+                   "    return 0;\n}\n"
+                   "int g(void)\n{\n    /* LAB 4 BEGIN */\n    return 4;\n    /* LAB 4 END */\n}\n")
+
+
+def test_other_labs_regions_are_kept_and_a_region_without_stub_leaves_only_the_note():
+    out, n = lab.strip_lab(C_SRC, 4)
+    assert n == 1 and "x += 41" in out and "/* LAB 3 BEGIN" in out
+    assert "    /* LAB 4: your code here */\n}\n" in out and "return 4" not in out
+    assert lab.strip_lab(C_SRC, 5) == (C_SRC, 0)
+
+
+def test_python_markers():
+    src = "def f():\n    # LAB 4 BEGIN STUB: return None\n    return 42\n    # LAB 4 END\n"
+    out, n = lab.strip_lab(src, 4)
+    assert n == 1 and out == "def f():\n    # LAB 4: your code here\n    return None\n"
+
+
+def test_markers_must_start_their_line():
+    src = 'x = "/* LAB 3 BEGIN */"\ny = 1  # LAB 3 END\n'
+    assert lab.find_regions(src) == []
+
+
+@pytest.mark.parametrize("src, message", [
+    ("/* LAB 3 BEGIN */\n/* LAB 4 BEGIN */\n/* LAB 4 END */\n/* LAB 3 END */\n",
+     "f.c:2: LAB 4 BEGIN inside the LAB 3 region opened at line 1 (regions do not nest)"),
+    ("x\n/* LAB 3 END */\n", "f.c:2: LAB 3 END without a LAB 3 BEGIN"),
+    ("x\n/* LAB 3 BEGIN */\ny\n", "f.c:2: LAB 3 BEGIN without a LAB 3 END"),
+    ("/* LAB 3 BEGIN */\n/* LAB 4 END */\n", "f.c:2: LAB 4 END closes the LAB 3 region opened at line 1"),
+])
+def test_odd_markers_are_clear_errors(src, message):
+    with pytest.raises(lab.LabError) as e:
+        lab.strip_lab(src, 3, "f.c")
+    assert str(e.value) == message
+
+
+def test_every_lab_has_regions_in_the_real_sources_and_a_handout():
+    regions = lab.lab_regions(paths.ROOT)
+    for n, spec in lab.LABS.items():
+        assert [r for r in regions if r.lab == n], f"lab {n} has no marked region"
+        assert (ROOT / spec.handout).is_file(), spec.handout
+        assert spec.tests and spec.points == sum(t.points for t in spec.tests)
+        for t in spec.tests:
+            for rx in t.match + t.no_match:
+                re.compile(rx)
+
+
+def test_lab_list_comes_from_the_table():
+    code, out = xomb("lab", "list")
+    assert code == 0, out
+    for n, spec in lab.LABS.items():
+        assert f"Lab {n}: {spec.title}" in out
+        for t in spec.tests:
+            assert t.name in out
+    assert "libos/lib/malloc.c:" in out and "libos/lib/upcall.c:" in out
+
+
+def test_bad_lab_and_occupied_directory_are_one_line_errors(tmp_path):
+    code, out = xomb("lab", "grade", "99")
+    assert code == 2 and "xomb-vmm: lab 99: no such lab; the labs are 3, 4" in out
+    (tmp_path / "x").write_text("")
+    code, out = xomb("lab", "new", "4", str(tmp_path))
+    assert code == 2 and "exists and is not an empty directory" in out
+
+
+def test_a_workspace_has_the_sources_and_lab_ns_stubs_only(tmp_path):
+    ws = tmp_path / "ws"
+    removed = lab.new_workspace(4, ws)
+    assert {r.lab for r in removed} == {4}
+    assert not (ws / "build").exists() and not (ws / ".git").exists()
+    for d in ("kernel_asm", "libos", "vmm", "devices", "tests", "docs"):
+        assert (ws / d).is_dir(), d
+    malloc = (ws / "libos/lib/malloc.c").read_text()
+    assert "/* LAB 4: your code here */" in malloc and "LAB 4 BEGIN" not in malloc
+    assert "LAB 3 BEGIN" in (ws / "libos/lib/upcall.c").read_text()     # lab 3 solution kept
+    assert (ws / "vmm/lab.py").read_text() == (ROOT / "vmm/lab.py").read_text()
+
+
+# --------------------------------------------------------------------------
+# Grading (boots VMs)
+# --------------------------------------------------------------------------
+@requires_kvm
+@pytest.mark.kvm
+@pytest.mark.parametrize("n", sorted(lab.LABS))
+def test_the_solutions_score_full_marks(n):
+    code, out = xomb("lab", "grade", str(n))
+    total = lab.LABS[n].points
+    assert f"Score: {total}/{total}" in out, out
+    assert code == 0 and "FAIL" not in out, out
+
+
+@requires_kvm
+@pytest.mark.kvm
+def test_a_fresh_lab4_workspace_builds_and_scores_below_full(tmp_path):
+    ws = tmp_path / "lab4"
+    code, out = xomb("lab", "new", "4", str(ws))
+    assert code == 0, out
+    code, out = xomb("lab", "grade", "4", str(ws))
+    assert code == 1, out
+    assert "build failed" not in out, out
+    assert (ws / "build" / "kernel" / "kernel.bin").is_file()      # it built its own sources
+    score = re.search(r"Score: (\d+)/(\d+)", out)
+    assert score and int(score.group(1)) < int(score.group(2)), out
+    assert "FAIL malloc-reuse: no match for /^PASS libos\\.malloc\\.reuse_freed$/" in out, out
+
+
+@requires_kvm
+@pytest.mark.kvm
+def test_grading_names_the_failing_test_and_regex_of_a_mutated_file(tmp_path):
+    ws = tmp_path / "mutated"
+    lab.new_workspace(4, ws)
+    hello = ws / "libos/programs/hello.c"
+    text = hello.read_text()
+    assert "Hello from" in text
+    hello.write_text(text.replace("Hello from", "Hullo from"))
+    code, out = xomb("lab", "grade", "4", str(ws))
+    assert code == 1, out
+    fails = [line for line in out.splitlines() if line.startswith("FAIL ")]
+    assert fails == ["FAIL malloc-reuse: no match for /^PASS libos\\.malloc\\.reuse_freed$/",
+                     "FAIL spawn-hello: no match for /^Hello from hello!$/"], out
+    total = lab.LABS[4].points
+    assert f"Score: {total - 25}/{total}" in out, out
