@@ -108,6 +108,9 @@ def test_a_workspace_has_the_sources_and_lab_ns_stubs_only(tmp_path):
         assert (ws / d).is_dir(), d
     malloc = (ws / "libos/lib/malloc.c").read_text()
     assert "/* LAB 4: your code here */" in malloc and "LAB 4 BEGIN" not in malloc
+    lines = malloc.splitlines()
+    for r in removed:                           # reported at the workspace's line numbers
+        assert lines[r.begin - 1].strip() == "/* LAB 4: your code here */", r
     assert "LAB 3 BEGIN" in (ws / "libos/lib/upcall.c").read_text()     # lab 3 solution kept
     assert (ws / "vmm/lab.py").read_text() == (ROOT / "vmm/lab.py").read_text()
 
@@ -153,6 +156,7 @@ def test_grading_names_the_failing_test_and_regex_of_a_mutated_file(tmp_path):
     assert code == 1, out
     fails = [line for line in out.splitlines() if line.startswith("FAIL ")]
     assert fails == ["FAIL malloc-reuse: no match for /^PASS libos\\.malloc\\.reuse_freed$/",
+                     "FAIL malloc-coalesce: no match for /^PASS libos\\.malloc\\.coalesce$/",
                      "FAIL spawn-hello: no match for /^Hello from hello!$/"], out
     total = lab.LABS[4].points
-    assert f"Score: {total - 25}/{total}" in out, out
+    assert f"Score: {total - 35}/{total}" in out, out

@@ -87,6 +87,7 @@ LABS: dict[int, Lab] = {lab.number: lab for lab in (
         LabTest("malloc", 10, SYSCONF, match=(r"^PASS libos\.malloc$",)),
         LabTest("malloc-reuse", 15, SYSCONF,
                 match=(r"^PASS libos\.malloc\.reuse$", r"^PASS libos\.malloc\.reuse_freed$")),
+        LabTest("malloc-coalesce", 10, SYSCONF, match=(r"^PASS libos\.malloc\.coalesce$",)),
         LabTest("spawn-hello", 10, ("run", "hello", "alpha", "beta"),
                 match=(r"^Hello from hello!$", r'argv\[2\] = "beta"'), status=0),
         LabTest("exit-status", 5, ("run", "hello", "--status", "7"), status=7),
@@ -219,6 +220,12 @@ def new_workspace(n: int, dest: Path, src: Path = paths.ROOT) -> list[Region]:
         regions = [r for r in find_regions(text, rel) if r.lab == lab.number]
         if regions:
             p.write_text(strip_lab(text, lab.number, rel)[0])
+            gone = 0                        # report the workspace's line numbers
+            for r in regions:
+                kept = 2 if r.stub else 1
+                r.begin -= gone
+                gone += r.end - (r.begin + gone) + 1 - kept
+                r.end = r.begin + kept - 1
             removed += regions
     (dest / "LAB").write_text(f"{lab.number}\n")
     return removed

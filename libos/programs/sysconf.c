@@ -597,9 +597,20 @@ static void test_malloc(void)
     void *again = malloc(64);
     check("libos.malloc.reuse", again && (uint64_t)again < XOMB_HEAP_VA + 64 * PAGE_SIZE,
           "freed blocks are not reused");
-    check("libos.malloc.reuse_freed", again && (char *)again < highest,
-          "malloc after free took new memory above every freed block");
     free(again);
+    char *first = malloc(4000);         /* first fit: a freed block comes back, every time */
+    int same = first != 0;
+    free(first);
+    for (int i = 0; same && i < 100; i++) {
+        char *q = malloc(4000);
+        same = q == first;
+        free(q);
+    }
+    check("libos.malloc.reuse_freed", same, "malloc after free did not get the freed block back");
+    char *large = malloc(100000);       /* fits only in freed neighbours merged together */
+    check("libos.malloc.coalesce", large && large < highest,
+          "freed neighbours were not merged: a large block took new memory");
+    free(large);
 }
 
 static int die_quietly(struct xomb_frame *f)
