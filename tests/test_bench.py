@@ -69,9 +69,10 @@ def test_quick_bench_structure(tmp_path):
         if r.kind in ("guest", "guest2"):
             assert row["exits_per_op"] is not None and row["exits_per_op"] >= 0
     assert rows["console"]["bytes_per_s"]["median"] > 0
-    # across CPUs, two address spaces talk through a shared page with no kernel
-    # on the path: far below the same-CPU switch, which goes through the kernel
-    assert rows["xcpu"]["guest"]["median"] < rows["yield"]["guest"]["median"]
+    # across CPUs, two address spaces talk through a shared page: no kernel on
+    # the path, so no VM exit (the time itself is a figure, not asserted: it
+    # needs two free host cores)
+    assert rows["xcpu"]["exits_per_op"] == 0
     from rich.console import Console
     buf = io.StringIO()
     bench.print_report(result, Console(file=buf, width=140))
