@@ -160,3 +160,16 @@ def test_grading_names_the_failing_test_and_regex_of_a_mutated_file(tmp_path):
                      "FAIL spawn-hello: no match for /^Hello from hello!$/"], out
     total = lab.LABS[4].points
     assert f"Score: {total - 35}/{total}" in out, out
+
+
+@requires_kvm
+@pytest.mark.kvm
+def test_a_fresh_lab3_workspace_assembles_the_kernel_stub_and_fails_the_upcall_tests(tmp_path):
+    ws = tmp_path / "lab3"
+    removed = lab.new_workspace(3, ws)
+    assert {r.path for r in removed} >= {"kernel_asm/entry.s", "libos/lib/upcall.c"}
+    code, out = xomb("lab", "grade", "3", str(ws))
+    assert code == 1 and "build failed" not in out, out
+    fails = [line.split(":")[0] for line in out.splitlines() if line.startswith("FAIL ")]
+    assert fails == ["FAIL syscall-reflect", "FAIL fault-upcall", "FAIL sysconf-clean"], out
+    assert "Score: 5/40" in out, out
