@@ -39,6 +39,7 @@ struct thread {
     void *arg, *ret;
     volatile int state;
     volatile int on_cpu;                /* its CPU has not switched away yet */
+    int requeue;                        /* it yielded: its CPU queues it again */
     int cpu;                            /* the CPU whose loop runs it */
     spinlock_t lock;                    /* state, joiner */
     struct thread *next;                /* wait queues */
@@ -115,15 +116,20 @@ static void wake(struct thread *t)
     push(t->cpu, t);
 }
 
-/* After a switch back to the loop: the thread that ran leaves the CPU. */
+/* After a switch back to the loop: the thread that ran leaves the CPU.  Only
+ * a thread that yielded is queued again here; a blocked one is queued by its
+ * waker, which may already have done so on another CPU (so its state says
+ * nothing about who queues it: deciding from it once queued threads twice). */
 static void switched_out(int cpu)
 {
     struct thread *was = running[cpu];
     running[cpu] = 0;
     if (!was)
         return;
+    int requeue = was->requeue;
+    was->requeue = 0;
     __atomic_store_n(&was->on_cpu, 0, __ATOMIC_RELEASE);
-    if (was->state == RUNNABLE)
+    if (requeue)
         push(cpu, was);
 }
 
@@ -246,6 +252,7 @@ void thread_yield(void)
     if (!thread_active)
         return;
     me->state = RUNNABLE;
+    me->requeue = 1;
     to_sched(me);
 }
 
