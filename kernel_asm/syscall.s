@@ -216,6 +216,19 @@ map_eexist:
 /* ---------------------------------------------------------------------------
  * CREATE(as, va, level, donor_va): install a donated page as a page table.
  */
+
+/* DESCEND shift: r8 = the entry of one level down (index va >> shift), through
+ * the table the entry at r8 points to; ENOTABLE if it is missing. */
+.macro DESCEND shift
+    mov rax, qword ptr [r8]
+    test al, 1
+    jz sys_enotable
+    and rax, -0x1000
+    mov rcx, rsi
+    shr rcx, \shift
+    and ecx, 0x1ff
+    lea r8, [rax + rcx*8 + KBASE]
+.endm
 sys_create:
     lea rax, [rdx - 1]
     cmp rax, 2
@@ -245,24 +258,10 @@ create_target:
     lea r8, [rdi + rax*8 + KBASE]
     cmp edx, 3
     je create_found
-    mov rax, qword ptr [r8]
-    test al, 1
-    jz sys_enotable
-    and rax, -0x1000
-    mov rcx, rsi
-    shr rcx, 0x1e
-    and ecx, 0x1ff
-    lea r8, [rax + rcx*8 + KBASE]
+    DESCEND 0x1e
     cmp edx, 2
     je create_found
-    mov rax, qword ptr [r8]
-    test al, 1
-    jz sys_enotable
-    and rax, -0x1000
-    mov rcx, rsi
-    shr rcx, 0x15
-    and ecx, 0x1ff
-    lea r8, [rax + rcx*8 + KBASE]
+    DESCEND 0x15
 create_found:
     test byte ptr [r8], PTE_P
     jnz sys_eexist

@@ -16,6 +16,15 @@
  * Stack on arrival at exc_common: [rsp] vector, error, rip, cs, rflags, rsp, ss.
  */
 
+/* EOI: end of interrupt at the local APIC (x2APIC: a write of 0 to its MSR).
+ * Clobbers rax, rcx, rdx. */
+.macro EOI
+    mov ecx, MSR_X2APIC_EOI
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+.endm
+
 exc_common:
     test byte ptr [rsp + 0x18], 3       /* from user mode? */
     jz kernel_panic
@@ -169,8 +178,9 @@ frame_none:
 
 /*
  * vec_timer: the per-CPU LAPIC tick.  From the idle `hlt` (kernel mode) it
- * only wakes the CPU.  From user mode the context goes into the frame: the
- * root gets TIMER; anyone else loses the CPU to its parent (PREEMPT).  A busy
+ * only wakes the CPU.  From user mode the context goes into the frame and the
+ * running address space gets TIMER; at a second tick in a row a non-root one
+ * loses the CPU to its parent instead (PREEMPT, timer_saved).  A busy
  * frame (the libOS is in its own handler) defers the tick; three deferred
  * ticks in a row and a non-root process is dead.  No frame: dead.
  */
@@ -180,10 +190,7 @@ vec_timer:
     push rax
     push rcx
     push rdx
-    mov ecx, MSR_X2APIC_EOI
-    xor eax, eax
-    xor edx, edx
-    wrmsr
+    EOI
     test byte ptr [rsp + 0x30], 3
     jz timer_return                     /* woke the idle loop */
     call klock
@@ -246,10 +253,7 @@ dev_common:
     push rax
     push rcx
     push rdx
-    mov ecx, MSR_X2APIC_EOI
-    xor eax, eax
-    xor edx, edx
-    wrmsr
+    EOI
     mov rcx, qword ptr [rsp + 0x18]
     lea rax, [rsp - 1]
     and rax, -0x4000
@@ -271,10 +275,7 @@ vec_flush:
     lea rax, [rsp - 1]
     and rax, -0x4000
     mov byte ptr [rax + PC_FLUSH], 0
-    mov ecx, MSR_X2APIC_EOI
-    xor eax, eax
-    xor edx, edx
-    wrmsr
+    EOI
     pop rdx
     pop rcx
     pop rax

@@ -177,6 +177,8 @@ def test_macro_expansion():
     assert kb.expand_macros(text).split() == ["mov", "rax,", "rbx", "mov", "rcx,", "12"]
     with pytest.raises(kb.KernelBuildError):
         kb.expand_macros(".macro M a\nnop\n.endm\nM 1, 2\n")
+    # a macro without parameters does not take the next line as its parameter list
+    assert kb.expand_macros(".macro Z\n    xor eax, eax\n.endm\nZ\n").split() == ["xor", "eax,", "eax"]
 
 
 def test_sources_write_numbers_above_nine_in_hex():

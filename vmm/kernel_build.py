@@ -111,7 +111,8 @@ def _labels(text: str) -> list[str]:
     return out
 
 
-_MACRO_DEF = re.compile(r"^\s*\.macro\s+(\w+)\s*(.*?)\s*\n(.*?)^\s*\.endm\s*$", re.M | re.S)
+_MACRO_DEF = re.compile(r"^[ \t]*\.macro[ \t]+(\w+)[ \t]*([^\n]*?)[ \t]*\n(.*?)^[ \t]*\.endm[ \t]*$",
+                        re.M | re.S)
 
 
 def expand_macros(text: str) -> str:
