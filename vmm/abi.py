@@ -122,6 +122,70 @@ IOMMU_KERNEL = 3        # kernel-only (supervisor) or above USER_LIMIT
 IOMMU_NOT_RAM = 4       # a device page or beyond RAM (no peer-to-peer DMA)
 
 # --------------------------------------------------------------------------
+# Self-virtualizing NIC (devices/nic.py, docs/DEVICES.md "The NIC").  VF i is
+# device page DEV_NIC_VF0 + i; its MAC is NIC_MAC_BASE + i (52:54:00:12:34:56+i).
+# Device table entry: u32 DEVT_NIC, u32 DEV_NIC_VF0, u32 VFs, u32 guest IP,
+#   u32 gateway, u32 prefix, u64 MAC of VF 0 (bytes in wire order, little end first).
+# --------------------------------------------------------------------------
+DEVT_NIC = 2
+DEV_NIC_VF0 = 10
+NIC_MAX_VFS = 4
+NIC_MAC_BASE = 0x525400123456       # VF i: this + i (the last byte)
+NIC_DOORBELL = 0        # any write: "my tx_tail moved" (ioeventfd, never exits)
+NIC_ENABLE = 8          # u64 write: VA of the status page (setup inside): bind + enable
+NIC_DISABLE = 16        # any write: unbind
+# Status page (owner's memory).  Rings are indexed by free-running u32 counters.
+NS_TX_TAIL = 0          # u32 driver: TX descriptors posted
+NS_RX_TAIL = 4          # u32 driver: RX buffers posted
+NS_WAITING = 8          # u32 device: 0 awake, else the number of its current sleep: ring
+                        #   NIC_DOORBELL after a send, once per sleep number
+NS_STATE = 12           # u32 device: DSTATE_*
+NS_FAULTS = 16          # u64 device: IOMMU faults delivered
+NS_ERRORS = 24          # u64 device: malformed descriptors / doorbells
+NS_TX_HEAD = 32         # u32 device: TX descriptors done (their status written)
+NS_RX_HEAD = 36         # u32 device: RX descriptors filled (their length written)
+NS_IRQ = 40             # u32 driver: 1 = interrupt me when a frame arrives (I am about to halt)
+NS_VF = 44              # u32 device: which VF
+NS_MAC = 48             # 6 bytes device: this VF's MAC
+NS_IP = 56              # u32 device: guest IPv4 address (host byte order), 0 = none
+NS_GATEWAY = 60         # u32 device
+NS_PREFIX = 64          # u32 device: prefix length
+NS_MTU_FRAME = 68       # u32 device: largest frame (NIC_MTU_FRAME)
+NS_TX_PACKETS = 72      # u64 device
+NS_RX_PACKETS = 80      # u64 device
+NS_RX_DROPS = 88        # u64 device: frames for us dropped (no buffer posted, too big)
+NS_SPOOFED = 96         # u64 device: frames we sent with a source MAC not ours (dropped)
+NS_SETUP_VF_VA = 256    # driver, before NIC_ENABLE: u64 where it maps the register page
+NS_SETUP_TX_VA = 264    #   u64 TX ring (QSIZE * NDESC_SIZE)
+NS_SETUP_RX_VA = 272    #   u64 RX ring
+NS_SETUP_QSIZE = 280    #   u32 entries per ring, a power of two, 2..NIC_MAX_QSIZE
+NS_SETUP_FAULT_VA = 288  #  u64 fault ring (FAULT_REC records)
+NS_SETUP_FAULT_N = 296  #   u32 records
+NIC_MAX_QSIZE = 1024
+NIC_MTU_FRAME = 1514    # largest frame without FCS
+NIC_MIN_FRAME = 14      # an Ethernet header
+# Descriptor (16 bytes, TX and RX): u64 buf (owner VA), u16 len (TX: frame length;
+# RX: written by the device), u16 buflen (RX: buffer size, driver), u16 status
+# (device: NST_*), u16 reserved.
+NDESC_SIZE = 16
+NDESC_BUF = 0
+NDESC_LEN = 8
+NDESC_BUFLEN = 10
+NDESC_STATUS = 12
+NST_OK = 0
+NST_TOO_LONG = 1        # TX len > NIC_MTU_FRAME, or < NIC_MIN_FRAME
+NST_IOMMU_FAULT = 2     # the buffer is not DMA-able (a fault record says why)
+NST_SPOOFED = 3         # TX source MAC is not the VF's: dropped
+NST_BAD_DOORBELL = 4    # the tail claims more than QSIZE entries
+NST_DONE = 0x8000       # or-ed into status when the device has finished the descriptor
+# libOS convention: VF i's register page at NIC_VF_VA + i*4096 in whoever holds it;
+# the driver's rings and buffers at NIC_QUEUE_VA + i*NIC_QUEUE_STRIDE.
+NIC_VF_VA = 0x18000
+NIC_QUEUE_VA = 0x2400_0000
+NIC_QUEUE_STRIDE = 0x10_0000
+NIC_QSIZE = 128
+
+# --------------------------------------------------------------------------
 # XOFS: the libOS file system on a disk namespace (vmm/xofs.py, libos/lib/fs.c).
 # Block 0: disk label (whole image).  In each namespace (blocks relative to it):
 #   0, 1   superblock pair: the valid one with the higher generation wins

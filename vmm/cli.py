@@ -223,7 +223,7 @@ def _run_machine(args, boot, interactive: bool, t_start: float) -> int:
     hook = inspect_cli.monitor_hook(lambda: tools_box[0].inspector if tools_box else None) \
         if getattr(args, "console", False) else None
     io, term = terminal.stdio_console(interactive, on_monitor=hook)
-    devices = _disk_devices(args)
+    devices = _disk_devices(args) + _nic_devices(args)
     machine = Machine(boot, console=io, cpus=args.cpus, kvm_path=args.kvm_device, t_start=t_start,
                       devices=devices)
     try:
@@ -251,6 +251,23 @@ def _disk_devices(args) -> list:
         return [Disk(args.disk)]
     except (OSError, ValueError) as exc:
         raise CliError(f"--disk {args.disk}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _nic_devices(args) -> list:
+    """The NIC (devices/nic.py): --nic-vfs VFs (0: none), --net uplink, --guest-ip."""
+    n = getattr(args, "nic_vfs", 0)
+    if not n:
+        return []
+    if not 1 <= n <= abi.NIC_MAX_VFS:
+        raise CliError(f"--nic-vfs {n}: between 0 and {abi.NIC_MAX_VFS}")
+    from devices.nic import Nic, parse_guest_ip
+    from devices.uplink import UplinkError, parse_net
+    try:
+        parse_guest_ip(args.guest_ip, args.gateway)     # bad addresses before the uplink opens
+        uplink = parse_net(args.net)
+        return [Nic(n, uplink, args.guest_ip, args.gateway)]
+    except (UplinkError, ValueError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_mkfs(args, t_start) -> int:
@@ -369,6 +386,18 @@ def make_parser() -> argparse.ArgumentParser:
                         help="print the boot timer and VM-exit counts to stderr")
         sp.add_argument("--disk", metavar="FILE",
                         help="a disk image (xomb-vmm mkfs): one virtual function per namespace")
+        sp.add_argument("--net", default="none", metavar="none|tap:NAME|udp:LPORT:HOST:RPORT",
+                        help="the NIC's uplink: none (default: the VFs reach only each other), "
+                             "a TAP device (root), or a UDP socket tunnel (one frame per "
+                             "datagram, unprivileged)")
+        sp.add_argument("--guest-ip", default="10.0.2.15/24", metavar="ADDR/PREFIX",
+                        help="the guest's address, told through boot information "
+                             "(default 10.0.2.15/24)")
+        sp.add_argument("--gateway", default=None, metavar="ADDR",
+                        help="the guest's gateway (default: .1 of its subnet)")
+        sp.add_argument("--nic-vfs", type=int, default=abi.NIC_MAX_VFS, metavar="N",
+                        help=f"NIC virtual functions, 0 (no NIC) to {abi.NIC_MAX_VFS} "
+                             f"(default {abi.NIC_MAX_VFS})")
         sp.add_argument("--no-timer", action="store_true",
                         help="no periodic tick: a halted CPU wakes only on a device interrupt "
                              "(to study interrupt paths; nothing is preempted)")

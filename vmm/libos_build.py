@@ -25,7 +25,7 @@ from pathlib import Path
 from vmm import abi, paths
 
 PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench", "dmatest", "disktest",
-            "parcount", "sharedcount", "spin", "stress")
+            "parcount", "sharedcount", "spin", "stress", "nictest")
 
 CC = os.environ.get("XOMB_CC", "gcc")
 

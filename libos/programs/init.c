@@ -10,6 +10,7 @@
  * command line through `xsh -c` and power off with its status.
  */
 #include "xomb.h"
+#include "nic.h"
 
 static const char *host_name(uint64_t host)
 {
@@ -92,6 +93,7 @@ int main(int argc, char **argv)
             return 127;
         }
         disk_grant_all(h);              /* the shell gets the disk VFs (docs/DEVICES.md) */
+        nic_grant_all(h);               /* ... and the NIC VFs, to lend to its programs */
         return wait_status(h, 0, 0);    /* no need to take it apart: we power off */
     }
 
@@ -104,6 +106,7 @@ int main(int argc, char **argv)
         return 127;
     }
     disk_grant_all(h);
+    nic_grant_all(h);
     platform_boot_timer();
     int status = wait_status(h, 0, 0);
     printf("[init] shell exited (status %d), powering off\n", status);

@@ -9,6 +9,7 @@
  * group words, and a backslash escapes the next character.
  */
 #include "xomb.h"
+#include "nic.h"
 
 #define MAXARGS 32
 #define LINE 512
@@ -164,10 +165,12 @@ static int run(int argc, char **argv)
         return 126;
     }
     int vf = fsh_lend_vf(h);            /* a spare disk VF of its own, if we have one */
+    nic_grant_all(h);                   /* every NIC VF we hold: nic_open(&n, i) there */
     fsh_capture_child(h);               /* `> FILE`: its output into the file */
     int status = wait_status(h, 0, 0);
     fsh_capture_child_end(h);
     fsh_take_back_vf(h, vf);
+    nic_take_back(h);
     proc_destroy(h);
     if (status != 0)
         printf("[exit %d]\n", status);
