@@ -98,6 +98,10 @@ kernel_cs_loaded:
     mov eax, r13d
     wrmsr
 kernel_no_timer:
+    test r12, r12                       /* CPU 0: tell userspace which kernel runs */
+    jnz kernel_published
+    call kinfo_publish
+kernel_published:
     fxrstor [FPU_CLEAN]
     /* First upcall into init. */
     mov rax, cr3

@@ -361,6 +361,7 @@ yield_self:
     jne yield_irq
     sti
     hlt
+yield_halted:                           /* a halted CPU's rip: a safe point for an upgrade */
     cli
     cmp qword ptr [rcx + PC_IRQ], 0
     jne yield_irq

@@ -392,6 +392,18 @@ MARK_ROUND = 5          # round `id` of the guest benchmarks begins (host round 
 
 # Ports (ring 0 on every host; ring 3 only under the QEMU platform).
 PANIC_PORT = 0x501      # kernel: out dx=PANIC_PORT, al=vector -> VMM dumps state
+SELFTEST_PORT = 0x503   # kernel_selftest: out dx, eax = 0 (pass) or the failed check
+
+# Kernel identity (docs/UPGRADE.md): KINFO_SIZE bytes in the kernel image's data
+# area, which the running kernel publishes at boot and after a rebootless upgrade
+# into the gate page at GATE_KINFO, so every address space reads it at KINFO_VA.
+KINFO_MAGIC = 0x464E494B424D4F58      # "XOMBKINF"
+KINFO_BUILD = 8         # u64: the first 8 bytes of the kernel's source digest
+KINFO_VERSION = 16      # char[KINFO_VERSION_MAX]: kernel_asm/VERSION, NUL-terminated
+KINFO_VERSION_MAX = 48
+KINFO_SIZE = 64
+GATE_KINFO = 0x800      # offset in the gate page (the rest is int3)
+KINFO_VA = GATE_VA + GATE_KINFO
 COM1 = 0x3F8
 
 # Boot archive (initrd) at INITRD_VA: header then entries, then file data.
@@ -405,7 +417,7 @@ KT_PD1 = KTABLES_PHYS + 0x2000      # phys 1..2 GiB
 KT_UW_PDPT = KTABLES_PHYS + 0x3000  # PML4[384]: the user window (read-only, user)
 KT_UW_PD = KTABLES_PHYS + 0x4000    # entries 1.. -> frame-table PTs (FRAMES_VA)
 KT_GATE_PT = KTABLES_PHYS + 0x5000  # entry 511 -> KT_GATE (P|U, executable)
-KT_GATE = KTABLES_PHYS + 0x6000     # the gate page: 4096 x int3
+KT_GATE = KTABLES_PHYS + 0x6000     # the gate page: int3, and the kernel's identity at GATE_KINFO
 KT_BOOT_PML4 = KTABLES_PHYS + 0x7000  # QEMU boot only: identity [0] + kernel [511]
 KT_BOOT_PDPT = KTABLES_PHYS + 0x8000  # identity PDPT: entry 0 -> KT_PD0
 KT_GATE_PDPT = KTABLES_PHYS + 0x9000  # PML4[255] (P|U): entry 511 -> KT_GATE_PD (P|U)
@@ -497,6 +509,7 @@ def _items():
             ("GATE_PML4E", KT_GATE_PDPT | PTE_P | PTE_U),
             ("KBASE_GATE", KBASE + PML4_GATE * 8),
             ("SELF_PT_UPCALL", SELF_PT + (UPCALL_VA >> 12) * 8),
+            ("GATE_KINFO_KVA", KBASE + KT_GATE + GATE_KINFO),
             ("STAR_HI", STAR_VALUE >> 32)]
     out += [(f"BI_{f.upper()}_KVA", KBASE + BOOTINFO_PHYS + i * 8)
             for i, f in enumerate(BOOTINFO_FIELDS)]

@@ -208,11 +208,13 @@ def _boot_state(args, cmdline: str, run_mode: int):
     built = _build_all()
     kernel = kernel or built.kernel
     from vmm.bootcache import build_boot_state_cached as build_boot_state
-    return build_boot_state(kernel, built.programs, ram_bytes=ram,
+    boot = build_boot_state(kernel, built.programs, ram_bytes=ram,
                             host=hostinfo.host_type(), cmdline=cmdline, run_mode=run_mode,
                             tsc_khz=hostinfo.tsc_khz(args.kvm_device),
                             ncpus=getattr(args, "cpus", 1),
                             timer=not getattr(args, "no_timer", False))
+    boot.kernel_image = kernel          # the running kernel, for `upgrade` (vmm/upgrade.py)
+    return boot
 
 
 def _run_machine(args, boot, interactive: bool, t_start: float) -> int:
@@ -325,6 +327,9 @@ def print_stats(stats: dict, stream) -> None:
     if c:
         stream.write(f"xomb-vmm: console {c['bytes_out']} bytes out, {c['bytes_in']} in, "
                      f"{c['doorbells']} doorbells ({c['doorbell_exits']} exited to the VMM)\n")
+    if stats.get("nic"):
+        from devices.nic import stats_line
+        stream.write(stats_line(stats["nic"]) + "\n")
     stream.flush()
 
 
@@ -407,6 +412,7 @@ def make_parser() -> argparse.ArgumentParser:
     from vmm import inspect_cli
     inspect_cli.add_boot_args(b)
     inspect_cli.add_attach_parser(sub)
+    inspect_cli.add_upgrade_parser(sub)
     b.set_defaults(func=cmd_boot)
     r = sub.add_parser("run", help="run PROGRAM [ARGS...] and exit with its status")
     common(r)

@@ -42,6 +42,8 @@ HELP = {
     "devices": "devices              device state: console rings, platform page",
     "iommu": "iommu                IOMMU state",
     "status": "status               running or paused, last stop, debug facilities of this host",
+    "kernel": "kernel               the running kernel's version (as userspace sees it) and upgrades",
+    "upgrade": "upgrade DIR|FILE | upgrade --rollback   swap the kernel under the running system",
     "help": "help [CMD]           this list",
 }
 COMMANDS = sorted(HELP) + ["quit"]
@@ -147,6 +149,14 @@ class Commands:
             return ins.iommu()
         if c == "status":
             return ins.status()
+        if c == "kernel":
+            return ins.kernel()
+        if c == "upgrade":
+            if a == ["--rollback"]:
+                return ins.upgrade(None, rollback=True)
+            if len(a) == 2 and a[0] == "--kernel" or len(a) == 1 and not a[0].startswith("-"):
+                return ins.upgrade(a[-1])
+            raise InspectError(f"usage: {HELP['upgrade']}")
         raise InspectError(f"unknown command {c!r} (try help)")
 
 

@@ -52,11 +52,36 @@ class Inspector:
     def __init__(self, machine, debugger: Debugger | None = None):
         self.m = machine
         self.dbg = debugger or Debugger(machine)
-        self.symbols = machine.symbols if isinstance(machine.symbols, Symbols) else Symbols({})
         self.systrace = SyscallTrace(self.dbg)
         self._prog_syms: dict[str, Symbols] | None = None
         self._prog_cache: dict[int, str | None] = {}
         self._last_stats: tuple[float, dict] | None = None
+
+    @property
+    def symbols(self) -> Symbols:
+        """The kernel's symbols now (a rebootless upgrade replaces them)."""
+        s = self.m.symbols
+        return s if isinstance(s, Symbols) else Symbols({})
+
+    # ------------------------------------------------------------ kernel upgrades
+    def kernel(self) -> dict:
+        """The running kernel: its identity as published to userspace (KINFO in the
+        gate page), and the upgrade history."""
+        from vmm import upgrade
+        info = upgrade.read_kinfo(self.m.mem)
+        up = getattr(self.m, "upgrader", None)
+        info["previous"] = [k.version for k in up.history] if up else []
+        info["upgrades"] = [r.as_dict() for r in up.results] if up else []
+        return info
+
+    def upgrade(self, kernel: str | None, rollback: bool = False) -> dict:
+        from vmm import upgrade
+        try:
+            up = upgrade.upgrader_for(self.m)
+            res = up.rollback() if rollback else up.upgrade(kernel)
+        except upgrade.UpgradeError as e:
+            raise InspectError(f"upgrade refused: {e}") from None
+        return res.as_dict() | {"text": res.text()}
 
     # ------------------------------------------------------------ plumbing
     @contextlib.contextmanager

@@ -27,6 +27,49 @@ def add_attach_parser(sub) -> None:
     a.set_defaults(func=cmd_attach)
 
 
+def add_upgrade_parser(sub) -> None:
+    u = sub.add_parser("upgrade", help="swap the kernel of a running VM without a reboot "
+                                       "(docs/UPGRADE.md)")
+    u.add_argument("path", metavar="CONTROL_PATH", help="the VM's --control socket")
+    g = u.add_mutually_exclusive_group(required=True)
+    g.add_argument("--kernel", metavar="DIR_OR_FILE",
+                   help="kernel sources (a kernel_asm directory, or a tree holding one) or a "
+                        "built kernel.bin with its kernel.json")
+    g.add_argument("--rollback", action="store_true", help="go back to the previous kernel")
+    u.add_argument("--json", action="store_true", help="machine-readable result")
+    u.set_defaults(func=cmd_upgrade)
+
+
+def cmd_upgrade(args, t_start) -> int:
+    """Exit status 0: the new kernel runs; 1: refused (nothing changed) or rolled back
+    after its self-test (the old kernel still runs)."""
+    import json
+    import os
+    import shlex
+    from vmm.control import RemoteBackend
+    from vmm.cli import CliError
+    try:
+        b = RemoteBackend(args.path)
+    except OSError as e:
+        raise CliError(f"upgrade {args.path}: {e.strerror or e}") from None
+    try:
+        line = "upgrade --rollback" if args.rollback else \
+            f"upgrade --kernel {shlex.quote(os.path.abspath(args.kernel))}"
+        r = b.execute(line + " --json")
+    finally:
+        b.close()
+    if args.json:
+        print(json.dumps(r, default=str))
+    if not r.get("ok"):
+        if not args.json:
+            print(f"xomb-vmm: {r.get('error')}", file=sys.stderr)
+        return 1
+    d = r.get("data") or {}
+    if not args.json:
+        print(d.get("text", ""))
+    return 0 if d.get("ok") else 1
+
+
 def wanted(args) -> bool:
     return bool(getattr(args, "console", False) or getattr(args, "control", None)
                 or getattr(args, "gdb", None))

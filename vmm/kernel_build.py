@@ -40,7 +40,9 @@ KS_MODE_32, KS_MODE_64 = 1 << 2, 1 << 3
 
 from . import abi, paths
 
-SOURCES_64 = ["x86.s", "pagetable.s", "entry.s", "upcall.s", "syscall.s", "smp.s", "start.s"]
+SOURCES_64 = ["x86.s", "pagetable.s", "entry.s", "upcall.s", "syscall.s", "smp.s", "start.s",
+              "selftest.s"]
+VERSION_FILE = "VERSION"                # one line: the version string in KINFO
 SOURCE_32 = "boot32.s"
 STUB_SIZE = 0x1000
 KERNEL_VIRT64 = abi.KBASE + abi.KERNEL_PHYS + STUB_SIZE
@@ -57,6 +59,7 @@ KDATA_LAYOUT = {            # name -> offset from KDATA
     "k_root_phys": 0x120,   # init's root, set once at boot: where freed frames go home
     "k_lock": 0x128,        # the big kernel lock (smp.s)
     "k_ncpus": 0x130,       # CPUs in the machine, copied at boot (the boot-info page is init's)
+    "kinfo": 0x140,         # KINFO_SIZE bytes: the kernel's identity (magic, build, version)
     "fpu_clean": 0x200,     # a clean FXSAVE image (16-byte aligned)
     "idt": 0x1000,
     "tss0": 0x2000,         # MAX_CPUS TSSes of TSS_STRIDE bytes, each with its I/O bitmap
@@ -89,6 +92,10 @@ class KernelImage:
     tss: list[int]
     tss_limit: int
     digest: str = ""
+    version: str = ""
+    # The conventions this kernel was assembled against (every .equ of abi.inc and the
+    # data layout): a rebootless upgrade needs the new kernel to keep the old one's.
+    layout: dict = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
     def offset(self, va: int) -> int:
@@ -219,7 +226,8 @@ def _data_symbols() -> dict[str, int]:
 
 def _data_equs(sym: dict[str, int]) -> str:
     return "".join(f".equ {n.upper()}, 0x{sym[n]:x}\n" for n in
-                   ["gdt_desc", "idt_desc", "k_root_phys", "k_lock", "k_ncpus", "fpu_clean", "tss0_iomap",
+                   ["gdt_desc", "idt_desc", "k_root_phys", "k_lock", "k_ncpus", "kinfo", "fpu_clean",
+                    "tss0_iomap",
                     "percpu0", "percpu0_top"])
 
 
@@ -248,6 +256,8 @@ def _patch(img: bytearray, k: KernelImage) -> None:
     struct.pack_into("<HQ", img, off(sym["gdt_desc"]), abi.GDT_LIMIT, k.gdt)
     struct.pack_into("<HQ", img, off(sym["idt_desc"]), 4095, k.idt)
     struct.pack_into("<H", img, off(sym["fpu_clean"]), 0x37F)          # FCW
+    struct.pack_into(f"<QQ{abi.KINFO_VERSION_MAX}s", img, off(sym["kinfo"]), abi.KINFO_MAGIC,
+                     int(k.digest[:16] or "0", 16), k.version.encode())
     struct.pack_into("<I", img, off(sym["fpu_clean"]) + 24, 0x1F80)    # MXCSR
     for v in range(256):
         h = sym[f"vec{v}"] if v < 32 else sym.get(INTERRUPT_HANDLERS.get(v, ""), sym["vec_spurious"])
@@ -267,8 +277,33 @@ def _patch(img: bytearray, k: KernelImage) -> None:
         struct.pack_into("<Q", img, off(pc) + abi.PC_CPU, cpu)
 
 
+def read_version(src_dir: Path) -> str:
+    """The kernel's version string: the first line of kernel_asm/VERSION."""
+    f = Path(src_dir) / VERSION_FILE
+    if not f.exists():
+        return "xomb (unversioned)"
+    text = f.read_text(errors="replace").strip().splitlines()
+    v = text[0].strip() if text else ""
+    if not v or len(v.encode()) >= abi.KINFO_VERSION_MAX or not v.isprintable() or not v.isascii():
+        raise KernelBuildError(f"{f}: the version must be one line of printable ASCII, "
+                               f"1..{abi.KINFO_VERSION_MAX - 1} characters (got {v!r})")
+    return v
+
+
+def layout_of(abi_inc: str) -> dict[str, int]:
+    """The conventions a kernel is built against: every constant of its abi.inc, and
+    the data area's layout (vmm/upgrade.py compares two kernels' with this)."""
+    out = {m.group(1): int(m.group(2), 0) for m in
+           re.finditer(r"^\.equ\s+(\w+),\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*$", abi_inc, re.M)}
+    out.update({f"KDATA.{n}": o for n, o in KDATA_LAYOUT.items()})
+    out.update(KDATA=KDATA, KERNEL_END=KERNEL_END, STUB_SIZE=STUB_SIZE)
+    return out
+
+
 def assemble(src_dir: Path, abi_inc: str) -> KernelImage:
     """Assemble both parts and return the patched image (no caching)."""
+    src_dir = Path(src_dir)
+    version = read_version(src_dir)
     data = _data_symbols()
     text64 = _strip_comments(abi_inc) + _data_equs(data) + expand_macros("\n".join(
         _strip_comments((src_dir / f).read_text()) for f in SOURCES_64))
@@ -309,7 +344,8 @@ def assemble(src_dir: Path, abi_inc: str) -> KernelImage:
                     gdt=symbols["gdt"], gdt_limit=abi.GDT_LIMIT, idt=symbols["idt"],
                     idt_limit=4095,
                     tss=[symbols["tss0"] + i * abi.TSS_STRIDE for i in range(abi.MAX_CPUS)],
-                    tss_limit=abi.TSS_LIMIT)
+                    tss_limit=abi.TSS_LIMIT, digest=_digest(src_dir, abi_inc), version=version,
+                    layout=layout_of(abi_inc))
     _patch(img, k)
     k.image = bytes(img)
     return k
@@ -319,6 +355,8 @@ def _digest(src_dir: Path, abi_inc: str) -> str:
     h = hashlib.sha256(Path(__file__).read_bytes() + abi_inc.encode())
     for f in [*SOURCES_64, SOURCE_32]:
         h.update(f.encode() + b"\0" + (src_dir / f).read_bytes())
+    v = src_dir / VERSION_FILE
+    h.update(v.read_bytes() if v.exists() else b"")
     return h.hexdigest()
 
 
@@ -335,7 +373,6 @@ def build_kernel(gen_dir: Path, out_dir: Path, src_dir: Path = paths.KERNEL_SRC)
             meta.pop("path", None)
             return KernelImage(**meta, path=bin_path)
     k = assemble(src_dir, abi_inc)
-    k.digest = digest
     bin_path.write_bytes(k.image)
     (out_dir / "kernel.map").write_text("".join(
         f"{v:016x} {n}\n" for n, v in sorted(k.symbols.items(), key=lambda kv: kv[1])))

@@ -195,11 +195,13 @@ class Vm:
 
     def set_user_memory_region(self, slot: int, guest_phys: int, size: int, host_addr: int,
                                flags: int = 0):
+        # LAB 1 BEGIN STUB: pass
         r = ffi.new("struct kvm_userspace_memory_region *")
         r.slot, r.flags, r.guest_phys_addr = slot, flags, guest_phys
         r.memory_size, r.userspace_addr = size, host_addr
         _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_USER_MEMORY_REGION, r),
                f"KVM_SET_USER_MEMORY_REGION slot {slot} gpa {guest_phys:#x} size {size:#x}")
+        # LAB 1 END
 
     def set_tss_addr(self, addr: int = 0xFFFB_D000):
         _check(lib.xomb_ioctl_int(self.fd, lib.KVM_SET_TSS_ADDR, addr), "KVM_SET_TSS_ADDR")
@@ -369,6 +371,16 @@ class Vcpu:
         for INIT/SIPI; ours start directly in long mode, so make them runnable."""
         s = ffi.new("struct kvm_mp_state *")
         s.mp_state = lib.KVM_MP_STATE_RUNNABLE
+        _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_MP_STATE, s), "KVM_SET_MP_STATE")
+
+    def get_mp_state(self) -> int:
+        s = ffi.new("struct kvm_mp_state *")
+        _check(lib.xomb_ioctl(self.fd, lib.KVM_GET_MP_STATE, s), "KVM_GET_MP_STATE")
+        return s.mp_state
+
+    def set_mp_state(self, state: int):
+        s = ffi.new("struct kvm_mp_state *")
+        s.mp_state = state
         _check(lib.xomb_ioctl(self.fd, lib.KVM_SET_MP_STATE, s), "KVM_SET_MP_STATE")
 
     def get_tsc_khz(self) -> int:

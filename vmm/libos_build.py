@@ -25,7 +25,7 @@ from pathlib import Path
 from vmm import abi, paths
 
 PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench", "dmatest", "disktest",
-            "parcount", "sharedcount", "spin", "stress", "nictest")
+            "parcount", "sharedcount", "spin", "stress", "ticker", "nictest")
 
 CC = os.environ.get("XOMB_CC", "gcc")
 

@@ -246,7 +246,18 @@ def r_delete(d) -> str:
     return "deleted " + ", ".join(str(i) for i in d["deleted"])
 
 
-RENDER = {"trace": r_trace, "iommu": r_iommu, "status": r_status, "delete": r_delete,
+def r_kernel(d) -> str:
+    lines = [f"kernel {d['version']!r} (build {d['build']})" if d.get("valid")
+             else "kernel: no identity published (KINFO_VA)"]
+    if d.get("previous"):
+        lines.append("rollback to: " + " <- ".join(repr(v) for v in reversed(d["previous"])))
+    for u in d.get("upgrades", []):
+        lines.append(f"  {u['action']}: {u['old_version']!r} -> {u['new_version']!r}, pause "
+                     f"{u['pause_ms']:.2f} ms, command {u['total_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+RENDER = {"trace": r_trace, "kernel": r_kernel, "upgrade": lambda d: d["text"], "iommu": r_iommu, "status": r_status, "delete": r_delete,
           "stop": lambda d: f"stopped at {d['rip']:#x}",
           "regs": r_regs, "cregs": r_cregs, "sregs": r_sregs, "pt": r_pt, "vtop": r_vtop,
           "x": r_mem, "xp": r_mem, "dis": r_dis, "as": r_as, "stats": r_stats,

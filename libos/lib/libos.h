@@ -26,3 +26,13 @@ static inline uint64_t rdtsc(void)
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((uint64_t)hi << 32) | lo;
 }
+
+/* The running kernel's version string, which it publishes in the gate page
+ * every address space maps read-only (KINFO_VA, docs/UPGRADE.md).  It changes
+ * under a running program when the kernel is upgraded without a reboot. */
+static inline const char *kernel_version(void)
+{
+    const volatile uint64_t *magic = (const volatile uint64_t *)XOMB_KINFO_VA;
+    return *magic == XOMB_KINFO_MAGIC ? (const char *)(XOMB_KINFO_VA + XOMB_KINFO_VERSION)
+                                      : "unknown";
+}
