@@ -383,9 +383,9 @@ class Nic(Device):
                 return False
             vf.stats["batches"] += 1
             if n > vf.qsize:                    # a tail beyond the ring: refuse the batch
-                self._error(vf, spa)
                 vf.tx_head = tail
                 _put(m, spa + abi.NS_TX_HEAD, _U32, tail)
+                self._error(vf, spa)
                 return True
             cache: dict = {}                    # the IOTLB lives for one batch
             sent = 0
@@ -573,3 +573,16 @@ class Nic(Device):
             lines.append(f"  vf {vf.index} {mac_str(vf.mac)}: {who}, "
                          + ", ".join(f"{k} {v}" for k, v in vf.stats.items()))
         return "\n".join(lines + self.log[-10:])
+
+
+def stats_line(s: dict) -> str:
+    """One line for `--boot-stats` from machine.stats["nic"] (Nic.stats())."""
+    pk = s.get("tx_packets", 0)
+    up, sw = s.get("uplink", {}), s.get("switch", {})
+    return (f"xomb-vmm: nic tx {pk} rx {s.get('rx_packets', 0)} frames, {s.get('doorbells', 0)} "
+            f"doorbells ({s.get('doorbells', 0) / max(pk, 1):.3f} exits per frame sent), "
+            f"{s.get('interrupts', 0)} interrupts, rx drops {s.get('rx_no_buffer', 0)} no buffer "
+            f"{s.get('rx_too_big', 0)} too big, spoofed {s.get('spoofed', 0)}, errors "
+            f"{s.get('errors', 0)}, faults {s.get('faults', 0)}; switch "
+            + " ".join(f"{k} {v}" for k, v in sw.items())
+            + "; uplink " + " ".join(f"{k} {v}" for k, v in up.items()))

@@ -3,7 +3,7 @@
  *   nictest info [-vf N]              the VF's MAC and the network configuration
  *   nictest echo COUNT [-vf N] [-irq] answer ARP for our address and send every
  *                                     frame of type 0x88B5 back to its sender, until
- *                                     COUNT were echoed (or a frame says "STOP")
+ *                                     COUNT were echoed or a frame says "STOP" 
  *   nictest pair N [-irq]             N frames VF 0 -> VF 1 through the switch, in
  *                                     order, no loss; a broadcast back; frames/s and
  *                                     doorbells (exits) per frame
@@ -121,7 +121,7 @@ static int echo(unsigned vf, unsigned count, int irq)
     char mac[18];
     mac_str(mac, n.mac);
     printf("nictest: echo ready on vf %u (%s)%s\n", vf, mac, irq ? ", by interrupt" : "");
-    unsigned echoed = 0, arps = 0;
+    unsigned echoed = 0, arps = 0, stop = 0;
     uint64_t idle_since = time_us();
     while (echoed < count) {
         int len = nic_recv(&n, rxb, sizeof(rxb));
@@ -140,8 +140,10 @@ static int echo(unsigned vf, unsigned count, int irq)
         }
         if (len < 18 || be16(rxb + 12) != ETH_TEST)
             continue;
-        if (!memcmp(rxb + 14, "STOP", 4))
+        if (!memcmp(rxb + 14, "STOP", 4)) {     /* the host is done (it may have resent) */
+            stop = 1;
             break;
+        }
         memcpy(rxb, rxb + 6, 6);        /* back to the sender, from us */
         put_mac(rxb + 6, n.mac);
         while (nic_send(&n, rxb, (unsigned)len) == -2)
@@ -153,7 +155,7 @@ static int echo(unsigned vf, unsigned count, int irq)
            NS64(&n, XOMB_NS_RX_PACKETS), NS64(&n, XOMB_NS_RX_DROPS), NS64(&n, XOMB_NS_ERRORS),
            NS64(&n, XOMB_NS_FAULTS), n.doorbells);
     nic_close(&n);
-    return echoed == count ? 0 : 1;
+    return echoed == count || stop ? 0 : 1;
 }
 
 static int pair(unsigned count, int irq)
@@ -345,6 +347,9 @@ static int hostile(void)
     __asm__ volatile("mfence" ::: "memory");
     *(volatile uint32_t *)(ha.regs + XOMB_NIC_DOORBELL) = 1;
     wait_change(&NS64(&ha, XOMB_NS_ERRORS), e0);
+    for (uint64_t t0 = time_us(); NS32(&ha, XOMB_NS_TX_HEAD) != ha.tx_tail &&
+         time_us() - t0 < 2000000;)
+        cpu_relax();
     snprintf(det, sizeof(det), "errors +%lu, head %u tail %u", NS64(&ha, XOMB_NS_ERRORS) - e0,
              NS32(&ha, XOMB_NS_TX_HEAD), ha.tx_tail);
     check("TX tail beyond the ring: refused as a whole", NS64(&ha, XOMB_NS_ERRORS) == e0 + 1 &&
