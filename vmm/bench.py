@@ -642,6 +642,14 @@ def main(args) -> int:
         print(format_rows(result["disk"]))
     except Exception as exc:            # never lose the other rows over the disk
         err.print(f"xomb-vmm bench: disk rows skipped: {exc}")
+    try:                                # the NIC rows (vmm/netbench.py, docs/DEVICES.md)
+        from vmm import netbench
+        err.print("[dim]xomb-vmm bench: nic: VF -> VF through the switch vs an AF_UNIX "
+                  "socket pair ...[/dim]")
+        result["nic"] = netbench.nic_bench_rows(quick=args.quick, kvm_path=args.kvm_device)
+        print(netbench.format_rows(result["nic"]))
+    except Exception as exc:            # never lose the other rows over the NIC
+        err.print(f"xomb-vmm bench: nic rows skipped: {exc}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:

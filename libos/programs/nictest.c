@@ -4,7 +4,7 @@
  *   nictest echo COUNT [-vf N] [-irq] answer ARP for our address and send every
  *                                     frame of type 0x88B5 back to its sender, until
  *                                     COUNT were echoed or a frame says "STOP" 
- *   nictest pair N [-irq]             N frames VF 0 -> VF 1 through the switch, in
+ *   nictest pair N [-irq] [-len L]    N frames VF 0 -> VF 1 through the switch, in
  *                                     order, no loss; a broadcast back; frames/s and
  *                                     doorbells (exits) per frame
  *   nictest hostile                   a hostile driver on VF 0 and VF 1: spoofed MACs,
@@ -158,14 +158,14 @@ static int echo(unsigned vf, unsigned count, int irq)
     return echoed == count || stop ? 0 : 1;
 }
 
-static int pair(unsigned count, int irq)
+static int pair(unsigned count, int irq, unsigned len)
 {
     static struct nic a, b, c3;
     if (open_vf(&a, 0) < 0 || open_vf(&b, 1) < 0)
         return 1;
     int third = nic_holds(2) && nic_open(&c3, 2) == 0;
     nic_use_interrupts(&b, irq);
-    unsigned len = 60, sent = 0, got = 0, bad = 0;
+    unsigned sent = 0, got = 0, bad = 0;
     uint64_t t0 = time_us(), last = t0;
     while (got < count && time_us() - last < 10000000) {
         /* at most qsize in flight: the receiver always has a buffer (no drops) */
@@ -190,6 +190,7 @@ static int pair(unsigned count, int irq)
     printf("nictest: pair: %u frames in %lu us: %lu frames/s, %lu doorbells (%lu.%03lu per "
            "frame)\n", got, us, (uint64_t)got * 1000000 / us, a.doorbells,
            a.doorbells / (got ? got : 1), a.doorbells * 1000 / (got ? got : 1) % 1000);
+    printf("@nic pair frames %u len %u us %lu doorbells %lu\n", got, len, us, a.doorbells);
     /* broadcast from VF 1 reaches VF 0 (and VF 2), not VF 1 itself */
     static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     nic_send(&b, frame, build(bcast, b.mac, 777, 64));
@@ -412,11 +413,13 @@ static int hostile(void)
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "info";
-    unsigned vf = 0, count = 0;
+    unsigned vf = 0, count = 0, len = 60;
     int irq = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "-vf") && i + 1 < argc)
             vf = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-len") && i + 1 < argc)
+            len = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "-irq"))
             irq = 1;
         else
@@ -427,9 +430,9 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "echo"))
         return echo(vf, count ? count : 1, irq);
     if (!strcmp(mode, "pair"))
-        return pair(count ? count : 1000, irq);
+        return pair(count ? count : 1000, irq, len < 18 ? 18 : len > NIC_MTU_FRAME ? NIC_MTU_FRAME : len);
     if (!strcmp(mode, "hostile"))
         return hostile();
-    puts("usage: nictest info|echo COUNT|pair N|hostile [-vf N] [-irq]");
+    puts("usage: nictest info|echo COUNT|pair N|hostile [-vf N] [-irq] [-len L]");
     return 2;
 }
