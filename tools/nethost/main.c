@@ -5,12 +5,14 @@
  * can test the stack without KVM (tests/test_netstack_host.py).
  *
  *   nethost --tap NAME [--ip 10.0.2.15/24] [--gw 10.0.2.1] [--www DIR]
- *           [--seconds N]
+ *           [--seconds N] [--loss PERCENT]
  *
  * Serves until SIGTERM/SIGINT (or N seconds): answers ARP and ping, echoes
  * UDP port 7 and TCP port 7, serves the files of DIR (read into memory at
  * start) over HTTP on port 80 with http.c.  Prints "nethost: ready" once
- * the TAP is up, and its counters when it stops.
+ * the TAP is up, and its counters when it stops.  --loss drops that share
+ * of the frames in each direction (a fixed pseudo-random sequence), to make
+ * TCP retransmit where the kernel has no netem.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -31,19 +33,58 @@
 
 #include "net/net.h"
 
-static volatile sig_atomic_t stop;
+static volatile sig_atomic_t stop, dump;
 static void on_signal(int s) { (void)s; stop = 1; }
+static void on_usr1(int s) { (void)s; dump = 1; }
+
+/* SIGUSR1: print the connection table, like netstat. */
+static void print_conns(struct net *n)
+{
+    char ip[16];
+    for (int i = 0; i < TCP_CONNS; i++) {
+        struct tcp_conn *c = &n->tcp[i];
+        if (c->state == TCP_FREE)
+            continue;
+        printf("nethost: tcp %d %s :%u -> %s:%u una %u nxt %u max %u wnd %u sndq %u rcvq %u "
+               "accepted %d closed %d retries %u rto %u\n", i, tcp_state_name(c->state),
+               c->lport, ip_format(c->rip, ip), c->rport, c->snd_una - c->iss,
+               c->snd_nxt - c->iss, c->snd_max - c->iss, c->snd_wnd, c->snd_len, c->rcv_len,
+               c->accepted, c->closed, c->retries, c->rto_us);
+    }
+    fflush(stdout);
+}
 
 /* ---- the netif: a TAP file descriptor ------------------------------------- */
 
+static unsigned loss_pct;
+static uint64_t loss_state = 0x2545F4914F6CDD1DULL;
+static uint64_t lost_frames;
+
+static int lose(void)
+{
+    if (!loss_pct)
+        return 0;
+    loss_state ^= loss_state << 13;
+    loss_state ^= loss_state >> 7;
+    loss_state ^= loss_state << 17;
+    if (loss_state % 100 >= loss_pct)
+        return 0;
+    lost_frames++;
+    return 1;
+}
+
 static int tap_send(void *ctx, const void *frame, unsigned len)
 {
+    if (lose())
+        return 0;                       /* "sent", and lost on the wire */
     return write(*(int *)ctx, frame, len) == (ssize_t)len ? 0 : -1;
 }
 
 static int tap_recv(void *ctx, void *buf, unsigned cap)
 {
-    ssize_t r = read(*(int *)ctx, buf, cap);
+    ssize_t r;
+    while ((r = read(*(int *)ctx, buf, cap)) > 0 && lose())
+        ;                               /* lost on the wire */
     return r > 0 ? (int)r : 0;
 }
 
@@ -144,6 +185,9 @@ static void echo_service(struct net *n)
         if (r > 0) {
             tcp_send(n, c, buf, (unsigned)r);
         } else if (r == 0 || (r < 0 && r != -NET_EAGAIN)) {
+            printf("nethost: echo %d ends (%s, %s)\n", i, r ? net_strerror(r) : "end of stream",
+                   tcp_state_name(c->state));
+            fflush(stdout);
             tcp_close(n, c);            /* the peer finished (or died) */
             echo[i] = 0;
         }
@@ -163,11 +207,13 @@ int main(int argc, char **argv)
             gw = argv[++i];
         else if (!strcmp(argv[i], "--www") && i + 1 < argc)
             www = argv[++i];
+        else if (!strcmp(argv[i], "--loss") && i + 1 < argc)
+            loss_pct = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
             seconds = atol(argv[++i]);
         else {
             fprintf(stderr, "usage: nethost --tap NAME [--ip A/P] [--gw G] [--www DIR] "
-                            "[--seconds N]\n");
+                            "[--seconds N] [--loss PCT]\n");
             return 2;
         }
     }
@@ -192,6 +238,7 @@ int main(int argc, char **argv)
     net_init(&net, &nif);
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
+    signal(SIGUSR1, on_usr1);
 
     struct udp_sock *u = udp_bind(&net, 7);
     struct tcp_conn *echo_l = tcp_listen(&net, 7, 4);
@@ -208,6 +255,10 @@ int main(int argc, char **argv)
     uint64_t http_served = 0, udp_echoed = 0;
     while (!stop && (!end || host_now_us(0) < end)) {
         net_poll(&net, 20000);
+        if (dump) {
+            dump = 0;
+            print_conns(&net);
+        }
         static uint8_t dg[UDP_MAX_PAYLOAD];
         uint32_t from;
         uint16_t port;
@@ -238,10 +289,10 @@ int main(int argc, char **argv)
     net_drain(&net, 1000000);
     struct net_stats *s = &net.stats;
     printf("nethost: stop: rx %lu tx %lu http %lu udp %lu; dropped runt %lu bad_ip %lu "
-           "ip_csum %lu fragment %lu bad_tcp %lu bad_udp %lu bad_icmp %lu no_port %lu; "
+           "ip_csum %lu lost %lu fragment %lu bad_tcp %lu bad_udp %lu bad_icmp %lu no_port %lu; "
            "tcp rst %lu retransmits %lu out_of_order %lu out_of_window %lu\n",
            s->rx_frames, s->tx_frames, http_served, udp_echoed, s->drop_runt, s->drop_bad_ip,
-           s->drop_ip_csum, s->drop_fragment, s->drop_bad_tcp, s->drop_bad_udp,
+           s->drop_ip_csum, lost_frames, s->drop_fragment, s->drop_bad_tcp, s->drop_bad_udp,
            s->drop_bad_icmp, s->drop_no_port, s->tcp_rst_sent, s->tcp_retransmits,
            s->tcp_out_of_order, s->tcp_out_of_window);
     return 0;

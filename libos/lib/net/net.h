@@ -140,14 +140,12 @@ struct tcp_conn {
     uint16_t mss;                   /* the most data we put in one segment */
     uint8_t fin_queued, fin_acked;  /* the program closed; our FIN was acknowledged */
     uint32_t snd_head, snd_len;     /* the send buffer: snd_len bytes from snd_una */
-    uint8_t sndbuf[TCP_SNDBUF];
 
     /* receive side */
     uint32_t irs, rcv_nxt;          /* the peer's ISN, the next byte we expect */
     uint32_t rcv_head, rcv_len;     /* the receive buffer: bytes not yet read */
     uint32_t rcv_adv;               /* the window we last advertised */
     uint8_t fin_rcvd;               /* the peer has nothing more to send */
-    uint8_t rcvbuf[TCP_RCVBUF];
 
     /* the retransmission timer (RFC 6298) */
     uint64_t rto_deadline;          /* 0: stopped */
@@ -159,6 +157,10 @@ struct tcp_conn {
     uint64_t tw_deadline;           /* TIME_WAIT ends */
 
     uint64_t retransmits;           /* statistics */
+
+    /* the buffers last: a new connection clears everything before sndbuf */
+    uint8_t sndbuf[TCP_SNDBUF];
+    uint8_t rcvbuf[TCP_RCVBUF];
 };
 
 struct net_stats {

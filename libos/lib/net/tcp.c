@@ -122,24 +122,32 @@ static uint32_t rcv_window(const struct tcp_conn *c)
 
 /* ---- output ----------------------------------------------------------------- */
 
-/* Build and send one segment to c's peer.  data: len bytes from the send
- * buffer at offset off (from snd_una), copied straight into the frame. */
-static int send_segment(struct net *n, struct tcp_conn *c, uint32_t seq, uint8_t flags,
-                        uint32_t off, unsigned len)
+/* The header fields of one outgoing segment. */
+struct seg_out {
+    uint32_t rip;
+    uint16_t lport, rport;
+    uint32_t seq, ack;
+    uint8_t flags;
+    uint16_t wnd;
+};
+
+/* Build and send one segment; data: len bytes from c's send buffer at
+ * offset off (from snd_una), copied straight into the frame. */
+static int output_segment(struct net *n, const struct seg_out *o, const struct tcp_conn *c,
+                          uint32_t off, unsigned len)
 {
     uint8_t *t = n->tx + NET_PAYLOAD;
-    unsigned hlen = TCP_HLEN + ((flags & F_SYN) ? 4 : 0);
-    net_put16(t, c->lport);
-    net_put16(t + 2, c->rport);
-    net_put32(t + 4, seq);
-    net_put32(t + 8, (flags & F_ACK) ? c->rcv_nxt : 0);
+    unsigned hlen = TCP_HLEN + ((o->flags & F_SYN) ? 4 : 0);
+    net_put16(t, o->lport);
+    net_put16(t + 2, o->rport);
+    net_put32(t + 4, o->seq);
+    net_put32(t + 8, (o->flags & F_ACK) ? o->ack : 0);
     t[12] = (uint8_t)((hlen / 4) << 4);
-    t[13] = flags;
-    c->rcv_adv = rcv_window(c);
-    net_put16(t + 14, (uint16_t)c->rcv_adv);
+    t[13] = o->flags;
+    net_put16(t + 14, o->wnd);
     net_put16(t + 16, 0);
     net_put16(t + 18, 0);
-    if (flags & F_SYN) {                /* the MSS option: kind 2, length 4 */
+    if (o->flags & F_SYN) {             /* the MSS option: kind 2, length 4 */
         t[20] = 2;
         t[21] = 4;
         net_put16(t + 22, TCP_MSS);
@@ -151,8 +159,18 @@ static int send_segment(struct net *n, struct tcp_conn *c, uint32_t seq, uint8_t
         i += k;
     }
     net_put16(t + 16, net_csum_fold(net_csum_add(
-        net_pseudo_sum(n->nif->ip, c->rip, IP_PROTO_TCP, hlen + len), t, hlen + len)));
-    return ip_output(n, c->rip, IP_PROTO_TCP, hlen + len);
+        net_pseudo_sum(n->nif->ip, o->rip, IP_PROTO_TCP, hlen + len), t, hlen + len)));
+    return ip_output(n, o->rip, IP_PROTO_TCP, hlen + len);
+}
+
+/* A segment on connection c: our current ACK and window go with it. */
+static int send_segment(struct net *n, struct tcp_conn *c, uint32_t seq, uint8_t flags,
+                        uint32_t off, unsigned len)
+{
+    c->rcv_adv = rcv_window(c);
+    struct seg_out o = {.rip = c->rip, .lport = c->lport, .rport = c->rport, .seq = seq,
+                        .ack = c->rcv_nxt, .flags = flags, .wnd = (uint16_t)c->rcv_adv};
+    return output_segment(n, &o, c, off, len);
 }
 
 /* A reset for a segment that has no connection (RFC 793 p. 36): it must
@@ -162,19 +180,16 @@ static void send_reset(struct net *n, const struct ip_info *ip, uint16_t lport, 
 {
     if (s->flags & F_RST)
         return;                         /* never answer a reset: no RST storms */
-    struct tcp_conn tmp;
-    memset(&tmp, 0, offsetof(struct tcp_conn, sndbuf));
-    tmp.rip = ip->src;
-    tmp.lport = lport;
-    tmp.rport = rport;
-    tmp.rcv_len = TCP_RCVBUF;           /* window 0 */
+    struct seg_out o = {.rip = ip->src, .lport = lport, .rport = rport};
     n->stats.tcp_rst_sent++;
     if (s->flags & F_ACK) {
-        send_segment(n, &tmp, s->ack, F_RST, 0, 0);
+        o.seq = s->ack;
+        o.flags = F_RST;
     } else {
-        tmp.rcv_nxt = s->seq + s->len + ((s->flags & F_SYN) ? 1 : 0) + ((s->flags & F_FIN) ? 1 : 0);
-        send_segment(n, &tmp, 0, F_RST | F_ACK, 0, 0);
+        o.ack = s->seq + s->len + ((s->flags & F_SYN) ? 1 : 0) + ((s->flags & F_FIN) ? 1 : 0);
+        o.flags = F_RST | F_ACK;
     }
+    output_segment(n, &o, 0, 0, 0);
 }
 
 static void send_ack(struct net *n, struct tcp_conn *c)

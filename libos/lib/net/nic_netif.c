@@ -1,0 +1,45 @@
+/* The glue between the NIC driver and the stack: four small functions. */
+#include "nic_netif.h"
+#include "libos.h"
+#include "string.h"
+
+static int x_send(void *ctx, const void *frame, unsigned len)
+{
+    return nic_send(ctx, frame, len);
+}
+
+static int x_recv(void *ctx, void *buf, unsigned cap) { return nic_recv(ctx, buf, cap); }
+
+static void x_wait(void *ctx, uint64_t timeout_us) { nic_wait(ctx, timeout_us); }
+
+static uint64_t x_now(void *ctx) { return time_us(); }
+
+long nic_netif_open(struct nic_netif *x, unsigned vf)
+{
+    memset(x, 0, sizeof(*x));
+    long r = nic_open(&x->nic, vf);
+    if (r < 0)
+        return r;
+    struct net_config cfg;
+    int c = net_config(&x->nic, &cfg);
+    if (c < 0) {
+        nic_close(&x->nic);
+        return c;
+    }
+    struct netif *nif = &x->nif;
+    nif->ctx = &x->nic;
+    nif->send = x_send;
+    nif->recv = x_recv;
+    nif->wait = x_wait;
+    nif->now_us = x_now;
+    memcpy(nif->mac, x->nic.mac, 6);
+    nif->ip = cfg.ip;
+    nif->gateway = cfg.gateway;
+    nif->prefix = cfg.prefix;
+    /* the TSC's low bits at boot differ from run to run: enough for ISNs */
+    uint64_t t = rdtsc();
+    nif->seed = t * 0x9e3779b97f4a7c15ULL ^ (uint64_t)vf << 56 ^ time_us();
+    return 0;
+}
+
+void nic_netif_close(struct nic_netif *x) { nic_close(&x->nic); }
