@@ -48,7 +48,7 @@ class Row:
     linux: str | None = None    # bench_linux.c benchmark name
     linux_title: str = ""
     target_insns: int | None = None   # kernel instructions per operation (issue 7)
-    kind: str = "guest"         # guest | vm_create | boot
+    kind: str = "guest"         # guest | guest2 | vm_create | boot | upgrade
 
 
 ROWS = [
@@ -63,6 +63,8 @@ ROWS = [
     Row("console", "console output, 64-byte lines"),
     Row("vm_create", "VM creation to first guest instruction", kind="vm_create"),
     Row("boot", "VMM start to shell prompt", kind="boot"),
+    Row("upgrade", "rebootless kernel upgrade (2 vCPUs, a program running): pause, "
+        "all vCPUs stopped -> resumed", kind="upgrade"),
 ]
 
 
@@ -487,6 +489,9 @@ def run_bench(quick: bool = False, rounds: int | None = None, kvm_path: str = "/
     creates = [measure_vm_create(boot_state, kvm_path) for _ in range(special_rounds)]
     boots = [measure_boot(built, ram, kvm_path) for _ in range(special_rounds)]
     boot_insns = measure_boot_insns(built, ram, kvm_path)
+    say("rebootless kernel upgrades ...")
+    from vmm import upgrade
+    upgrades = upgrade.measure(built, rounds=6 if quick else 20, ram=ram, kvm_path=kvm_path)
     from vmm import hostinfo
     result = {"host": {"kvm": "PVM" if hostinfo.host_type() == abi.HOST_PVM else "VMX/SVM",
                        "tsc_khz": hostinfo.tsc_khz(kvm_path), "uname": " ".join(os.uname())},
@@ -516,6 +521,11 @@ def run_bench(quick: bool = False, rounds: int | None = None, kvm_path: str = "/
             row["guest"] = _stats([b["total_ms"] for b in boots])
             row["split"] = {k: _stats([b[k] for b in boots]) for k in boots[0]}
             row["insns"] = boot_insns or None
+        elif r.kind == "upgrade":
+            row["unit"] = "ms"
+            row["guest"] = _stats(upgrades["pause_ms"])
+            row["split"] = {"command_ms": _stats(upgrades["command_ms"]),
+                            "reboot_instead_ms": _stats([b["total_ms"] for b in boots])}
         if row.get("guest") and row.get("linux"):
             row["ratio"] = row["guest"]["median"] / row["linux"]["median"]
         result["rows"].append(row)

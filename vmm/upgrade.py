@@ -212,9 +212,26 @@ class Upgrader:
                 if not was_paused:
                     self.m.resume()
             res.pause_ms = (time.perf_counter() - t_paused) * 1000.0
+            if res.ok:
+                res.message = self._gdb_symbols(new)
             res.total_ms = (time.perf_counter() - t0) * 1000.0
             self.results.append(res)
             return res
+
+    @staticmethod
+    def _gdb_symbols(new: KernelImage) -> str:
+        """gdb reads symbols from a file: write one for the kernel now running."""
+        import re as _re
+        from vmm import paths
+        from vmm.symfile import write_sym_elf
+        slug = _re.sub(r"[^A-Za-z0-9.]+", "-", new.version).strip("-") or "kernel"
+        out = paths.BUILD / "kernel" / f"running-{slug}-{new.digest[:8]}.sym.elf"
+        try:
+            if not out.exists():
+                write_sym_elf(new.symbols, out)
+        except (OSError, RuntimeError) as e:
+            return f"(no symbol file for gdb: {e})"
+        return f"gdb: symbol-file {out}"
 
     def _pause_at_safe_point(self, old: KernelImage, was_paused: bool) -> tuple[int, float, list]:
         halted = old.symbols["yield_halted"]
@@ -382,3 +399,48 @@ def read_kinfo(mem) -> dict:
     ver = raw[abi.KINFO_VERSION:abi.KINFO_VERSION + abi.KINFO_VERSION_MAX].split(b"\0")[0]
     return {"valid": magic == abi.KINFO_MAGIC, "version": ver.decode(errors="replace"),
             "build": f"{int.from_bytes(raw[8:16], 'little'):016x}"}
+
+
+def measure(built, rounds: int = 10, ram: int = 128 << 20, kvm_path: str = "/dev/kvm",
+            ncpus: int = 2) -> dict:
+    """For `xomb-vmm bench`: upgrade a machine running `ticker` (one vCPU in user mode,
+    the other halted) back and forth between the built kernel and a copy with another
+    version, `rounds` times.  Returns {"pause_ms": [...], "command_ms": [...]}; the
+    command includes loading the (already assembled) kernel image."""
+    import shutil
+    import tempfile
+    from devices.console import ConsoleIO, MemorySink
+    from vmm import hostinfo, paths
+    from vmm.bootimage import build_boot_state
+    from vmm.machine import Machine
+    with tempfile.TemporaryDirectory(prefix="xomb-upgrade-") as tmp:
+        src = Path(tmp) / "kernel_asm"
+        shutil.copytree(paths.KERNEL_SRC, src)
+        (src / "VERSION").write_text(f"{built.kernel.version} (bench)\n")
+        other = load_kernel(src)
+    state = build_boot_state(built.kernel, built.programs, ram_bytes=ram,
+                             host=hostinfo.host_type(), cmdline="ticker 1000000 1",
+                             run_mode=abi.RUN_COMMAND, tsc_khz=hostinfo.tsc_khz(kvm_path),
+                             ncpus=ncpus)
+    sink = MemorySink()
+    m = Machine(state, console=ConsoleIO(sink, None), cpus=ncpus, kvm_path=kvm_path)
+    m.kernel_image = built.kernel
+    t = threading.Thread(target=lambda: m.run(timeout=120), daemon=True)
+    t.start()
+    out = {"pause_ms": [], "command_ms": []}
+    try:
+        if not sink.wait_for(b"tick 3 ", 30):
+            raise UpgradeError("the benchmark guest did not start ticking")
+        up = upgrader_for(m)
+        for i in range(rounds):
+            r = up.upgrade(other) if i % 2 == 0 else up.rollback()
+            if not r.ok:
+                raise UpgradeError(r.text())
+            out["pause_ms"].append(r.pause_ms)
+            out["command_ms"].append(r.total_ms)
+            time.sleep(0.01)
+    finally:
+        m.request_stop(0, "benchmark done")
+        t.join(10)
+        m.close()
+    return out

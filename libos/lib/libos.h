@@ -27,12 +27,25 @@ static inline uint64_t rdtsc(void)
     return ((uint64_t)hi << 32) | lo;
 }
 
-/* The running kernel's version string, which it publishes in the gate page
- * every address space maps read-only (KINFO_VA, docs/UPGRADE.md).  It changes
- * under a running program when the kernel is upgraded without a reboot. */
-static inline const char *kernel_version(void)
+/* The running kernel's version, which it publishes in the gate page every
+ * address space maps read-only (KINFO_VA, docs/UPGRADE.md).  It can change
+ * under a running program (a rebootless upgrade), even in the middle of our
+ * copy: the build stamp beside it is read before and after, and the copy is
+ * retried until both agree.  out must hold XOMB_KINFO_VERSION_MAX bytes. */
+static inline void kernel_version(char *out)
 {
     const volatile uint64_t *magic = (const volatile uint64_t *)XOMB_KINFO_VA;
-    return *magic == XOMB_KINFO_MAGIC ? (const char *)(XOMB_KINFO_VA + XOMB_KINFO_VERSION)
-                                      : "unknown";
+    const volatile uint64_t *build = (const volatile uint64_t *)(XOMB_KINFO_VA + XOMB_KINFO_BUILD);
+    const volatile char *v = (const volatile char *)(XOMB_KINFO_VA + XOMB_KINFO_VERSION);
+    uint64_t before;
+    do {
+        before = *build;
+        if (*magic != XOMB_KINFO_MAGIC) {
+            __builtin_memcpy(out, "unknown", 8);
+            return;
+        }
+        for (unsigned i = 0; i < XOMB_KINFO_VERSION_MAX; i++)
+            out[i] = v[i];
+        out[XOMB_KINFO_VERSION_MAX - 1] = 0;
+    } while (*build != before);
 }

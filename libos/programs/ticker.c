@@ -33,14 +33,14 @@ int main(int argc, char **argv)
         fs_remove("/ticker.log");
     uint64_t used = 0;
     int bad = 0;
-    char last[XOMB_KINFO_VERSION_MAX] = "";
+    char last[XOMB_KINFO_VERSION_MAX] = "", now[XOMB_KINFO_VERSION_MAX];
     char line[128];
     for (uint64_t i = 1; i <= n; i++) {
-        const char *v = kernel_version();
-        if (strcmp(v, last) != 0) {
+        kernel_version(now);            /* a snapshot: the kernel may change at any time */
+        if (strcmp(now, last) != 0) {
             if (last[0])
-                printf("ticker: kernel now %s\n", v);
-            strncpy(last, v, sizeof(last) - 1);
+                printf("ticker: kernel now %s\n", now);
+            memcpy(last, now, sizeof(last));
         }
         long r = page_alloc_at(0, SCRATCH, XOMB_MAP_W);
         if (r < 0) {
