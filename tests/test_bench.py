@@ -27,7 +27,7 @@ def test_rows_are_descriptors():
     keys = [r.key for r in bench.ROWS]
     assert len(keys) == len(set(keys))
     for r in bench.ROWS:
-        assert r.kind in ("guest", "guest2", "vm_create", "boot")
+        assert r.kind in ("guest", "guest2", "vm_create", "boot", "upgrade")
         if r.linux:
             assert r.kind in ("guest", "guest2") and r.linux_title
 
@@ -73,6 +73,9 @@ def test_quick_bench_structure(tmp_path):
     # the path, so no VM exit (the time itself is a figure, not asserted: it
     # needs two free host cores)
     assert rows["xcpu"]["exits_per_op"] == 0
+    up = rows["upgrade"]                    # a rebootless upgrade, against a reboot
+    assert up["split"]["command_ms"]["median"] >= up["guest"]["median"] > 0
+    assert up["split"]["reboot_instead_ms"]["median"] > 0
     from rich.console import Console
     buf = io.StringIO()
     bench.print_report(result, Console(file=buf, width=140))
