@@ -25,7 +25,8 @@ from pathlib import Path
 from vmm import abi, paths
 
 PROGRAMS = ("init", "xsh", "hello", "sysconf", "faults", "bench", "dmatest", "disktest",
-            "parcount", "sharedcount", "spin", "stress", "ticker", "nictest")
+            "parcount", "sharedcount", "spin", "stress", "ticker", "nictest",
+            "ping", "udpecho", "httpd", "nc")
 
 CC = os.environ.get("XOMB_CC", "gcc")
 
@@ -108,6 +109,8 @@ def build_programs(gen_dir: Path, out_dir: Path, src: Path | None = None) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     incs = [f"-I{src / 'lib'}", f"-I{gen_dir}"]
     lib_sources = sorted(p for p in (src / "lib").iterdir() if p.suffix in (".c", ".S"))
+    if (src / "lib" / "net").is_dir():  # the network stack (docs/NETWORK.md)
+        lib_sources += sorted(p for p in (src / "lib" / "net").iterdir() if p.suffix == ".c")
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".obj-") as tmp:
         objdir = Path(tmp)
 

@@ -1,7 +1,9 @@
 /* The glue between the NIC driver and the stack: four small functions. */
 #include "nic_netif.h"
+#include "console.h"
 #include "libos.h"
 #include "string.h"
+#include "syscall.h"
 
 static int x_send(void *ctx, const void *frame, unsigned len)
 {
@@ -43,3 +45,33 @@ long nic_netif_open(struct nic_netif *x, unsigned vf)
 }
 
 void nic_netif_close(struct nic_netif *x) { nic_close(&x->nic); }
+
+int net_opt(struct net_opts *o, int argc, char **argv, int *i)
+{
+    if (!strcmp(argv[*i], "-vf") && *i + 1 < argc) {
+        o->vf = (unsigned)strtoul(argv[++*i], 0, 0);
+        return 1;
+    }
+    if (!strcmp(argv[*i], "-a") && *i + 1 < argc) {
+        o->addr = argv[++*i];
+        return 1;
+    }
+    return 0;
+}
+
+int net_start(struct net *n, struct nic_netif *x, const struct net_opts *o, const char *prog)
+{
+    long r = nic_netif_open(x, o->vf);
+    if (r < 0) {
+        printf("%s: no NIC VF %u (%s): boot with --nic-vfs, and --net for the outside\n", prog,
+               o->vf, xomb_errname(r));
+        return -1;
+    }
+    if (o->addr && ip_parse_cidr(o->addr, &x->nif.ip, &x->nif.prefix) < 0) {
+        printf("%s: bad address %s (want A.B.C.D/PREFIX)\n", prog, o->addr);
+        nic_netif_close(x);
+        return -1;
+    }
+    net_init(n, &x->nif);
+    return 0;
+}

@@ -13,3 +13,11 @@ struct nic_netif {
  * make a netif of it.  0 or a negative XE_* error (no NIC, VF not ours). */
 long nic_netif_open(struct nic_netif *x, unsigned vf);
 void nic_netif_close(struct nic_netif *x);
+
+/* What the network programs share: parse "-vf N" and "-a ADDR/PREFIX" at
+ * argv[*i] (1 if taken, advancing *i), ... */
+struct net_opts { unsigned vf; const char *addr; };
+int net_opt(struct net_opts *o, int argc, char **argv, int *i);
+/* ... then open the VF, apply the address and start the stack on it.  Prints
+ * why not and returns -1 if it cannot. */
+int net_start(struct net *n, struct nic_netif *x, const struct net_opts *o, const char *prog);
