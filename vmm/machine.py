@@ -99,6 +99,7 @@ class Machine:
         self.stats["device_exits"] = self.device_exits
         self._pause_req = False
         self._parked_n = 0
+        self._jobs: dict[int, object] = {}     # vCPU index -> callable run by its parked thread
         self._paused = threading.Event()
         self._run_cond = threading.Condition()
         self._in_loop = False
@@ -342,8 +343,36 @@ class Machine:
     def paused(self) -> bool:
         return self._paused.is_set()
 
+    def run_parked(self, vcpu, fn, timeout: float = 5.0):
+        """While paused: run fn() on `vcpu`'s own thread and return its result.  KVM
+        wants a vCPU driven from one thread (a KVM_RUN from another thread costs an RCU
+        grace period, twice); vmm/upgrade.py runs the new kernel's self-test this way."""
+        if not self.paused:
+            raise MachineError("run_parked: the machine is not paused")
+        box: dict = {}
+        done = threading.Event()
+
+        def job():
+            try:
+                box["result"] = fn()
+            except BaseException as exc:        # re-raised in the caller
+                box["error"] = exc
+            finally:
+                done.set()
+        with self._run_cond:
+            self._jobs[vcpu.index] = job
+            self._run_cond.notify_all()
+        if not done.wait(timeout):
+            with self._run_cond:
+                self._jobs.pop(vcpu.index, None)
+            raise MachineError(f"vCPU {vcpu.index} did not run the job in {timeout} s")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
     def _park(self):
         """Park this vCPU; when every vCPU is parked the machine is paused."""
+        me = getattr(self._tls, "vcpu", None)
         with self._run_cond:
             self._parked_n += 1
             last = self._parked_n >= len(self.vcpus)
@@ -356,7 +385,15 @@ class Machine:
                     pass
         with self._run_cond:
             while self._pause_req and self._stop_status is None:
-                self._run_cond.wait(0.5)
+                job = self._jobs.pop(me.index, None) if me is not None and self._jobs else None
+                if job is None:
+                    self._run_cond.wait(0.5)
+                    continue
+                self._run_cond.release()    # run_parked: this vCPU's own thread runs it
+                try:
+                    job()
+                finally:
+                    self._run_cond.acquire()
             self._parked_n -= 1
             self._paused.clear()
             self._run_cond.notify_all()

@@ -307,13 +307,20 @@ class Upgrader:
         self.m.kernel_image = new
 
     def _selftest(self, new: KernelImage) -> tuple[int, str]:
-        """Run the new kernel's kernel_selftest on one vCPU and put the vCPU back.
-        Returns (0, "") or (failed check / -1, why)."""
-        from vmm._kvm_cffi import lib
-        from vmm.vcpu import kick
+        """Run the new kernel's kernel_selftest on vCPU 0, on that vCPU's own thread
+        (Machine.run_parked), and put the vCPU back.  Returns (0, "") or (the failed
+        check or -1, why)."""
         # Any vCPU will do: user mode has an empty kernel stack, a halted one only its
         # syscall frame at the top; the test runs well below either.
         v = self.m.vcpus[0]
+        if getattr(self.m, "_in_loop", False):
+            return self.m.run_parked(v, lambda: self._selftest_on(v, new),
+                                     timeout=SELFTEST_TIMEOUT + 3)
+        return self._selftest_on(v, new)
+
+    def _selftest_on(self, v, new: KernelImage) -> tuple[int, str]:
+        from vmm._kvm_cffi import lib
+        from vmm.vcpu import kick
         regs, sregs = v.get_regs(), v.get_sregs()
         events, mp = v.get_vcpu_events(), v.get_mp_state()
         owner = v.thread_ident
