@@ -61,6 +61,10 @@ static int attack(const char *name)
         *(volatile uint64_t *)(XOMB_KBASE + XOMB_KERNEL_PHYS) = 0;
         return WORKED;
     }
+    if (!strcmp(name, "kinfo-write")) {          /* forge the kernel's version stamp */
+        *(volatile uint64_t *)(XOMB_KINFO_VA + XOMB_KINFO_VERSION) = 0x6b61667e;
+        return WORKED;
+    }
     if (!strcmp(name, "kernel-read")) {
         (void)*(volatile uint64_t *)(XOMB_KBASE + XOMB_BOOTINFO_PHYS);
         return WORKED;
@@ -203,7 +207,7 @@ static const char *const attacks[] = {
     "forge-upcall", "steal-parent", "destroy-parent", "kernel-jump", "div-zero", "ud2",
     "int3", "cli", "mov-cr3", "hlt", "wrmsr", "port-io", "gate-exec", "wild-syscall",
     "gate-noncanonical-rcx", "gate-kernel-rcx", "no-frame-fault", "device-frame",
-    "fault-in-handler", "bad-stack",
+    "fault-in-handler", "bad-stack", "kinfo-write",
 };
 
 static void describe(char *buf, size_t n, const struct proc_status *st)
