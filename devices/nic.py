@@ -141,7 +141,8 @@ class VF:
         self.sleeps = 0                 # NS_WAITING: the sequence number of the current sleep
         self.status_pa = None
         self.stats = {"tx_packets": 0, "tx_bytes": 0, "rx_packets": 0, "rx_bytes": 0,
-                      "rx_no_buffer": 0, "rx_too_big": 0, "spoofed": 0, "errors": 0,
+                      "rx_no_buffer": 0, "rx_unbound": 0, "rx_too_big": 0, "spoofed": 0,
+                      "errors": 0,
                       "faults": 0, "doorbells": 0, "batches": 0, "interrupts": 0}
 
     @property
@@ -279,7 +280,8 @@ class Nic(Device):
             fva = _U64.unpack_from(m, spa + abi.NS_SETUP_FAULT_VA)[0]
             fn = _U32.unpack_from(m, spa + abi.NS_SETUP_FAULT_N)[0]
             if qsize < 2 or qsize > abi.NIC_MAX_QSIZE or qsize & (qsize - 1) or \
-                    tx & (abi.NDESC_SIZE - 1) or rx & (abi.NDESC_SIZE - 1):
+                    tx & (abi.NDESC_SIZE - 1) or rx & (abi.NDESC_SIZE - 1) or \
+                    fva & (abi.FAULT_REC - 1):      # aligned: no entry crosses a page
                 _put(m, spa + abi.NS_STATE, _U32, abi.DSTATE_UNBOUND)
                 self._note(f"vf {vf.index}: enable refused: bad ring setup (qsize {qsize})")
                 return False
@@ -327,23 +329,33 @@ class Nic(Device):
     # ------------------------------------------------------------------ TX (VF thread)
     def _tx_loop(self, vf: VF):
         while not self._stop.is_set():
-            if self._tx_batch(vf):
-                continue
-            spa = vf.status_pa if vf.ready else None
-            if spa is not None:
-                t_end = time.perf_counter() + SPIN_S        # a short poll: no doorbell
-                while time.perf_counter() < t_end and not self._tx_pending(vf, spa):
-                    pass
-                vf.sleeps = vf.sleeps % MASK32 + 1     # never 0: 0 means awake
-                if self._tx_pending(vf, spa) or not self._set_waiting(vf, spa, vf.sleeps):
-                    continue
-                self._mfence()                  # waiting=1 before re-reading the tail
-                if self._tx_pending(vf, spa):
-                    self._set_waiting(vf, spa, 0)
-                    continue
-            self._wait(vf)
-            if spa is not None:
+            try:
+                self._tx_step(vf)
+            except Exception as exc:    # a bug must not kill the VF silently: unbind, log
+                vf.stats["errors"] += 1
+                with vf.lock:
+                    self._unbind(vf, f"internal error: {exc!r}")
+                self._stop.wait(0.01)
+
+    def _tx_step(self, vf: VF):
+        """One round: a batch, or poll briefly, then sleep until the doorbell."""
+        if self._tx_batch(vf):
+            return
+        spa = vf.status_pa if vf.ready else None
+        if spa is not None:
+            t_end = time.perf_counter() + SPIN_S        # a short poll: no doorbell
+            while time.perf_counter() < t_end and not self._tx_pending(vf, spa):
+                pass
+            vf.sleeps = vf.sleeps % MASK32 + 1     # never 0: 0 means awake
+            if self._tx_pending(vf, spa) or not self._set_waiting(vf, spa, vf.sleeps):
+                return
+            self._mfence()                  # waiting before re-reading the tail
+            if self._tx_pending(vf, spa):
                 self._set_waiting(vf, spa, 0)
+                return
+        self._wait(vf)
+        if spa is not None:
+            self._set_waiting(vf, spa, 0)
 
     def _tx_pending(self, vf: VF, spa: int) -> bool:
         return _U32.unpack_from(self.mem, spa + abi.NS_TX_TAIL)[0] != vf.tx_head
@@ -447,7 +459,7 @@ class Nic(Device):
         with vf.lock:
             spa = self._live(vf)
             if spa is None:
-                vf.stats["rx_no_buffer"] += len(frames)
+                vf.stats["rx_unbound"] += len(frames)
                 return
             m, io = self.mem, self.iommu
             cache: dict = {}
@@ -532,7 +544,10 @@ class Nic(Device):
                 for port in self.switch.route(frame, UPLINK):
                     out.setdefault(port, []).append(frame)
             for port, frames in out.items():
-                self._deliver(port, frames)
+                try:
+                    self._deliver(port, frames)
+                except Exception as exc:    # never lose the uplink over one delivery
+                    self._note(f"uplink: delivery to port {port} failed: {exc!r}")
 
     # ------------------------------------------------------------------ errors, faults
     def _bump(self, pa: int, n: int = 1):

@@ -110,6 +110,8 @@ def test_guest_sees_its_configuration():
         in out
     rc, out = xomb("run", "--nic-vfs", "0", "nictest", "info")
     assert rc == 1 and "cannot open NIC VF 0" in out, out
+    rc, out = xomb("run", "--nic-vfs", "2", "nictest", "info", "-vf", "2")   # not held
+    assert rc == 1 and "cannot open NIC VF 2: ENOTHELD (2 VFs held" in out, out
 
 
 @requires_kvm

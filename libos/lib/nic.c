@@ -225,6 +225,8 @@ unsigned nic_vf_count(void)
     return k;
 }
 
+static uint32_t lent;                   /* VFs nic_grant moved out of our own slots */
+
 long nic_grant(long as, unsigned vf)
 {
     uint64_t src;
@@ -243,7 +245,10 @@ long nic_grant(long as, unsigned vf)
     long r = mem_ensure_tables(as, vf_va(vf));
     if (r < 0)
         return r;
-    return xomb_map(as, vf_va(vf), XOMB_AS_SELF, src, 1, XOMB_MAP_W | XOMB_MAP_MOVE).rv;
+    r = xomb_map(as, vf_va(vf), XOMB_AS_SELF, src, 1, XOMB_MAP_W | XOMB_MAP_MOVE).rv;
+    if (r == 0 && src == vf_va(vf))
+        lent |= 1u << vf;
+    return r;
 }
 
 void nic_grant_all(long as)
@@ -261,10 +266,11 @@ void nic_grant_all(long as)
 void nic_take_back(long as)
 {
     for (unsigned vf = 0; vf < XOMB_NIC_MAX_VFS; vf++) {
-        if (nic_holds(vf))
+        if (!(lent & (1u << vf)) || nic_holds(vf))
             continue;
-        /* fails (ENOTHELD) for VFs the child does not hold: nothing to do */
-        if (mem_ensure_tables(XOMB_AS_SELF, vf_va(vf)) >= 0)
-            xomb_map(XOMB_AS_SELF, vf_va(vf), as, vf_va(vf), 1, XOMB_MAP_W | XOMB_MAP_MOVE);
+        /* fails (ENOTHELD) if `as` does not hold it (another child, or it died) */
+        if (xomb_map(XOMB_AS_SELF, vf_va(vf), as, vf_va(vf), 1,
+                     XOMB_MAP_W | XOMB_MAP_MOVE).rv == 0)
+            lent &= ~(1u << vf);
     }
 }
