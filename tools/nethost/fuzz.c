@@ -96,6 +96,17 @@ int nf_accept_and_send(const uint8_t *data, unsigned len, int close)
     return 1;
 }
 
+/* tcp_send on the first connection the program holds: what it returns. */
+int nf_send(const uint8_t *data, unsigned len)
+{
+    for (int i = 0; i < TCP_CONNS; i++) {
+        struct tcp_conn *c = &net.tcp[i];
+        if (c->accepted && c->state != TCP_LISTEN && c->state != TCP_FREE)
+            return tcp_send(&net, c, data, len);
+    }
+    return -100;
+}
+
 /* Accept a connection on port 80 and read from it without waiting: what
  * tcp_recv says (-NET_EAGAIN for a fresh connection); -100 if none. */
 int nf_accept_recv(void)
@@ -155,6 +166,28 @@ uint64_t nf_stat(int which)
 {
     const uint64_t *s = (const uint64_t *)&net.stats;
     return which >= 0 && (unsigned)which < sizeof(net.stats) / 8 ? s[which] : 0;
+}
+
+/* A connection's numbers, for tests: 0 rto_us, 1 srtt_us, 2 rttvar_us, 3 snd_wnd,
+ * 4 rcv_len, 5 snd_len, 6 retries. */
+uint32_t nf_conn(int i, int which)
+{
+    if (i < 0 || i >= TCP_CONNS)
+        return 0;
+    const struct tcp_conn *c = &net.tcp[i];
+    uint32_t v[] = {c->rto_us, c->srtt_us, c->rttvar_us, c->snd_wnd, c->rcv_len, c->snd_len,
+                    c->retries};
+    return which >= 0 && which < 7 ? v[which] : 0;
+}
+
+/* Close the program's side of every accepted connection. */
+void nf_close_all(void)
+{
+    for (int i = 0; i < TCP_CONNS; i++) {
+        struct tcp_conn *c = &net.tcp[i];
+        if (c->accepted && c->state != TCP_LISTEN && c->state != TCP_FREE && !c->closed)
+            tcp_close(&net, c);
+    }
 }
 
 int nf_tcp_state(int i) { return i >= 0 && i < TCP_CONNS ? (int)net.tcp[i].state : -1; }

@@ -211,16 +211,18 @@ int main(int argc, char **argv)
             loss_pct = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
             seconds = atol(argv[++i]);
-        else {
-            fprintf(stderr, "usage: nethost --tap NAME [--ip A/P] [--gw G] [--www DIR] "
-                            "[--seconds N] [--loss PCT]\n");
-            return 2;
-        }
+        else
+            tap = 0, i = argc;
+    }
+    if (!tap) {
+        fprintf(stderr, "usage: nethost --tap NAME [--ip A/P] [--gw G] [--www DIR] "
+                        "[--seconds N] [--loss PCT]\n");
+        return 2;
     }
     static int fd;
     static struct netif nif;
     static struct net net;
-    if (!tap || (fd = tap_open(tap, nif.mac)) < 0)
+    if ((fd = tap_open(tap, nif.mac)) < 0)
         return 2;
     if (ip_parse_cidr(cidr, &nif.ip, &nif.prefix) < 0 || ip_parse(gw, &nif.gateway) < 0) {
         fprintf(stderr, "nethost: bad address\n");
