@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm
+from netns import netns, requires_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,9 +120,6 @@ def check_ticks(out: str, n: int):
     assert ticks == list(range(1, n + 1)), (ticks[:5], ticks[-5:], len(ticks))
     assert "ticker: /ticker.log intact" in out
     assert f"ticker: done {n} ticks, 0 errors" in out
-
-
-pytestmark_kvm = [pytest.mark.kvm, requires_kvm]
 
 
 @pytest.mark.kvm
@@ -230,3 +228,58 @@ def test_the_upgrade_command_over_the_control_socket(built, tmp_path):
             vm.wait()
     assert vm.returncode == 0, out[-1000:]
     assert b"tick 3 kernel=xomb 1.0" in out
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_netns
+def test_a_tcp_session_to_the_guest_lives_through_upgrades_and_a_rollback(tmp_path):
+    """Host TCP client <-> the guest's echo server (`udpecho -t`, the libOS TCP stack) over
+    a TAP in a throwaway namespace: one connection, echoing before, between and after
+    three kernel upgrades and a rollback."""
+    import socket
+    from vmm.control import RemoteBackend
+    kernels = [variant(tmp_path, f"n{i}", f"xomb net-{i}") for i in (1, 2, 3)]
+    sock = tmp_path / "ctl.sock"
+    with netns() as ns:
+        vm = ns.popen(sys.executable, "-m", "vmm.cli", "run", "--net", f"tap:{ns.tap}",
+                      "--control", str(sock), "udpecho", "-t", cwd=ROOT,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.extend(vm.stdout), daemon=True)
+        reader.start()
+        try:
+            for _ in range(600):
+                if b"listening on 10.0.2.15:7" in b"".join(out) and sock.exists():
+                    break
+                assert vm.poll() is None, b"".join(out)
+                time.sleep(0.05)
+            c = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.settimeout(30)
+            c.connect(("10.0.2.15", 7))
+            ctl = RemoteBackend(str(sock))
+            actions = []
+            for step in [*kernels, "--rollback", None]:
+                data = os.urandom(20000)
+                c.sendall(data)
+                got = b""
+                while len(got) < len(data):
+                    x = c.recv(65536)
+                    assert x, "the guest closed the connection"
+                    got += x
+                assert got == data
+                if step is None:
+                    break
+                line = "upgrade --rollback" if step == "--rollback" else f"upgrade {step}"
+                r = ctl.execute(line)
+                assert r.get("ok"), r
+                actions.append(r["data"]["action"])
+            info = ctl.execute("kernel")["data"]
+            ctl.close()
+            c.close()
+        finally:
+            vm.terminate()
+            vm.wait(30)
+            reader.join(5)
+    assert actions == ["upgraded"] * 3 + ["rollback"]
+    assert info["version"] == "xomb net-2" and info["previous"] == ["xomb 1.0", "xomb net-1"]

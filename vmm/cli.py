@@ -416,6 +416,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_boot)
     r = sub.add_parser("run", help="run PROGRAM [ARGS...] and exit with its status")
     common(r)
+    r.add_argument("--control", metavar="PATH",
+                   help="serve the inspection console on a UNIX socket (attach, upgrade)")
     r.add_argument("program")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
