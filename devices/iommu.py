@@ -176,10 +176,12 @@ class Iommu:
         if lf is None:
             return -abi.IOMMU_NOT_MAPPED
         pa, rights = lf
+        # LAB 5 BEGIN
         if not rights & abi.PTE_U:
             return -abi.IOMMU_KERNEL
         if access & abi.IOMMU_W and not rights & abi.PTE_W:
             return -abi.IOMMU_READ_ONLY
+        # LAB 5 END
         if pa + PAGE > self.ram_bytes or self.frame_type(pa >> 12) != abi.FT_DATA:
             return -abi.IOMMU_NOT_RAM
         return pa

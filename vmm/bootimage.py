@@ -105,7 +105,9 @@ def kernel_half(root_phys: int, entry: int, parent_root: int | None = None) -> d
         abi.PML4_GATE: _pml4e("GATE_PML4E", abi.KT_GATE_PDPT | P | U),
         abi.PML4_INFO: entry << 1,
         abi.PML4_USERWIN: _pml4e("USERWIN_PML4E", abi.KT_UW_PDPT | P | U),
+        # LAB 2 BEGIN
         abi.PML4_SELF: root_phys | P | U | NX,
+        # LAB 2 END
         abi.PML4_KERNEL: _pml4e("KERNEL_PML4E", abi.KT_PDPT | P | W),
     }
     if parent_root is not None:
@@ -563,11 +565,13 @@ def build_boot_state(kernel, programs: Mapping[str, bytes], ram_bytes: int, host
     except ValueError as e:
         raise ImageError(str(e)) from None
 
+    # LAB 1 BEGIN STUB: cpus = [CpuState(rip=0, rsp=kernel.stack_tops[i], cr3=0, cr0=0, cr4=0, efer=0, gdt_base=kernel.gdt, gdt_limit=kernel.gdt_limit, idt_base=kernel.idt, idt_limit=kernel.idt_limit, tss_base=kernel.tss[i], tss_limit=kernel.tss_limit, index=i) for i in range(ncpus)]
     cpus = [CpuState(
         rip=kernel.entry64, rsp=kernel.stack_tops[i], cr3=root, cr0=BOOT_CR0, cr4=BOOT_CR4,
         efer=BOOT_EFER, gdt_base=kernel.gdt, gdt_limit=kernel.gdt_limit,
         idt_base=kernel.idt, idt_limit=kernel.idt_limit, tss_base=kernel.tss[i],
         tss_limit=kernel.tss_limit, index=i) for i in range(ncpus)]
+    # LAB 1 END
     cpu = cpus[0]
     symbols = dict(kernel.symbols)
     for p in progs.values():

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +55,11 @@ class LabTest:
     no_match: tuple[str, ...] = ()      # regexes that must not match
     status: int | None = None           # the expected exit status (None: any)
     timeout: float = 60.0
+    exercise: int = 0                   # the exercise it grades (0: the lab as a whole)
+    # A gdb check: the command (e.g. ("boot",)) is started with --gdb HOST:PORT --wait-gdb,
+    # gdb -batch runs these commands after `target remote` (then `kill`), and the regexes
+    # are matched against gdb's output followed by the VMM's.
+    gdb: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,20 +68,70 @@ class Lab:
     title: str
     handout: str
     tests: tuple[LabTest, ...] = field(default_factory=tuple)
+    exercises: tuple[str, ...] = ()     # exercise k's title is exercises[k - 1]
 
     @property
     def points(self) -> int:
         return sum(t.points for t in self.tests)
 
+    def exercise_name(self, k: int) -> str:
+        if 1 <= k <= len(self.exercises):
+            return self.exercises[k - 1]
+        return "the lab as a whole"
+
 
 SYSCONF = ("run", "sysconf")
+HELLO = ("run", "hello", "alpha", "beta")
+DISK = "{disk}"                         # grading puts a fresh disk image here (xomb-vmm mkfs)
+
+# gdb commands of the labs' gdb checks (each prints one "name value" line to match)
+PHYS = ("monitor phys on",)             # memory reads at guest-physical addresses
+FIRST_INSTRUCTION = (
+    "info symbol $pc",
+    'printf "cr0.pg_pe %#x\\n", $cr0 & 0x80000001',
+    'printf "cr4.pae %#x\\n", $cr4 & 0x20',
+    'printf "efer.lme_lma %#x\\n", $efer & 0x500',
+    *PHYS,
+    'printf "cr3.is_a_root %d\\n", (*(unsigned long *)($cr3 + 510 * 8) & 0xffffffffff000) == $cr3',
+)
+SELF_MAP = (
+    *PHYS,
+    'printf "selfmap.root %d\\n", (*(unsigned long *)($cr3 + 510 * 8) & 0xffffffffff000) == $cr3',
+    'printf "selfmap.rights %#lx\\n", *(unsigned long *)($cr3 + 510 * 8) & 0x8000000000000007',
+)
+WALK = ("monitor vtop 0x400000", "monitor vtop 0x500000000000")
 
 LABS: dict[int, Lab] = {lab.number: lab for lab in (
+    Lab(1, "Boot and the VMM", "docs/labs/lab1.md", (
+        LabTest("first-instruction", 15, ("boot",), gdb=FIRST_INSTRUCTION, exercise=2, timeout=30,
+                match=(r"^kernel_start64 in section \.text", r"^cr0\.pg_pe 0x80000001$",
+                       r"^cr4\.pae 0x20$", r"^efer\.lme_lma 0x500$", r"^cr3\.is_a_root 1$")),
+        LabTest("boot-hello", 15, HELLO, exercise=1, status=0,
+                match=(r"^Hello from hello!$", r'argv\[2\] = "beta"')),
+        LabTest("two-cpus", 10, ("run", "--cpus", "2", "hello"), status=0,
+                match=(r"^Hello from hello!$",), no_match=(r"panic",)),
+    ), exercises=("the memory slot (vmm/kvm.py)", "the first register state (vmm/bootimage.py)")),
+    Lab(2, "Page tables and the self-map", "docs/labs/lab2.md", (
+        LabTest("init-address-space", 10, HELLO, exercise=1, status=0,
+                match=(r"^Hello from hello!$",)),
+        LabTest("self-map-entry", 10, ("boot",), gdb=SELF_MAP, exercise=2, timeout=30,
+                match=(r"^selfmap\.root 1$", r"^selfmap\.rights 0x8000000000000005$")),
+        LabTest("self-map-libos", 10, SYSCONF, exercise=2,
+                match=(r"^PASS create\.level3\.installed$", r"^PASS map\.move\.source_gone$",
+                       r"^PASS release\.unmap\.gone$")),
+        LabTest("walk", 10, ("boot",), gdb=WALK, exercise=3, timeout=30,
+                match=(r"^  -> pa 0x[0-9a-f]+ \(4K page, r-x u\)",
+                       r"^  -> not mapped: level-4 entry not present$")),
+        LabTest("sysconf-clean", 5, SYSCONF, status=0,
+                match=(r"^sysconf: \d+ passed, 0 failed$",), no_match=(r"^FAIL ",)),
+    ), exercises=("building tables on the host (vmm/pagetable.py PageTables.table)",
+                  "the self-map entry (vmm/bootimage.py kernel_half)",
+                  "walking tables from the host (vmm/pagetable.py walk)")),
     Lab(3, "System calls and upcalls", "docs/labs/lab3.md", (
-        LabTest("syscall-reflect", 10, SYSCONF,
+        LabTest("syscall-reflect", 10, SYSCONF, exercise=2,
                 match=(r"^PASS syscall\.reflected$", r"^PASS syscall\.reflected\.registers$",
                        r"^PASS syscall\.reflected\.returns$")),
-        LabTest("fault-upcall", 15, SYSCONF,
+        LabTest("fault-upcall", 15, SYSCONF, exercise=1,
                 match=(r"^PASS fault\.upcall$", r"^PASS fault\.cr2$", r"^PASS fault\.resume$",
                        r"^PASS fault\.resume_read$")),
         LabTest("sysconf-clean", 10, SYSCONF,
@@ -82,16 +139,43 @@ LABS: dict[int, Lab] = {lab.number: lab for lab in (
         LabTest("faults-contained", 5, ("run", "faults"),
                 match=(r"^faults: \d+ attacks, 0 not stopped$",), no_match=(r"NOT STOPPED",),
                 status=0),
-    )),
+    ), exercises=("upcall dispatch (libos/lib/upcall.c)", "sys_reflect (kernel_asm/entry.s)")),
     Lab(4, "The libOS: allocator and spawn", "docs/labs/lab4.md", (
         LabTest("malloc", 10, SYSCONF, match=(r"^PASS libos\.malloc$",)),
-        LabTest("malloc-reuse", 15, SYSCONF,
+        LabTest("malloc-reuse", 15, SYSCONF, exercise=1,
                 match=(r"^PASS libos\.malloc\.reuse$", r"^PASS libos\.malloc\.reuse_freed$")),
-        LabTest("malloc-coalesce", 10, SYSCONF, match=(r"^PASS libos\.malloc\.coalesce$",)),
-        LabTest("spawn-hello", 10, ("run", "hello", "alpha", "beta"),
+        LabTest("malloc-coalesce", 10, SYSCONF, exercise=2,
+                match=(r"^PASS libos\.malloc\.coalesce$",)),
+        LabTest("spawn-hello", 10, HELLO,
                 match=(r"^Hello from hello!$", r'argv\[2\] = "beta"'), status=0),
         LabTest("exit-status", 5, ("run", "hello", "--status", "7"), status=7),
-    )),
+    ), exercises=("free (libos/lib/malloc.c)", "coalescing in insert_free (libos/lib/malloc.c)")),
+    Lab(5, "Userspace drivers, the IOMMU and the disk", "docs/labs/lab5.md", (
+        LabTest("disk-fsops", 15, ("run", "--disk", DISK, "disktest", "fsops"), exercise=1,
+                status=0, match=(r"^disktest: fsops ok",), timeout=40),
+        LabTest("churn", 10, ("run", "--disk", DISK, "disktest", "churn", "100"), exercise=2,
+                status=0, match=(r"^disktest: wrote 100 files, 0 bad$",), timeout=40),
+        LabTest("verify", 5, ("run", "--disk", DISK, "disktest", "verify", "100"), exercise=2,
+                status=0, match=(r"^disktest: verified 100 files, 0 bad$",), timeout=40),
+        LabTest("iommu-read-only", 15, ("run", "--disk", DISK, "dmatest"), exercise=3, timeout=6,
+                match=(r"^PASS DMA into our own read-only code page ",
+                       r"^PASS   \.\.\. and the code page is untouched",
+                       r"^PASS DMA into the shared read-only boot archive ")),
+        LabTest("dmatest-clean", 5, ("run", "--disk", DISK, "dmatest"), status=0, timeout=6,
+                match=(r"^dmatest: \d+ passed, 0 failed",), no_match=(r"^FAIL ",)),
+    ), exercises=("submission (libos/lib/disk.c disk_submit)",
+                  "completion and the phase bit (libos/lib/disk.c disk_reap)",
+                  "the IOMMU's rights check (devices/iommu.py check_page)")),
+    Lab(6, "The userspace scheduler and SMP", "docs/labs/lab6.md", (
+        LabTest("join", 10, ("run", "sharedcount", "4", "20000"), exercise=1, status=0,
+                match=(r"mutex 80000, atomic 80000, want 80000",)),
+        LabTest("join-2cpus", 10, ("run", "--cpus", "2", "sharedcount", "4", "20000"), exercise=1,
+                status=0, match=(r"mutex 80000, atomic 80000, want 80000",)),
+        LabTest("donation", 15, ("run", "--cpus", "2", "parcount", "4", "100000000"), exercise=2,
+                status=0, match=(r"threads ran on 2 CPUs$",)),
+        LabTest("stress-2cpus", 5, ("run", "--cpus", "2", "stress", "2", "200"), status=0,
+                match=(r"^stress: 2 threads, \d+ system calls .* 0 failures",)),
+    ), exercises=("thread_join (libos/lib/thread.c)", "CPU donation (libos/lib/process.c process_donate)")),
 )}
 
 
@@ -149,9 +233,12 @@ def find_regions(text: str, path: str = "<text>") -> list[Region]:
     return regions
 
 
-def strip_lab(text: str, lab: int, path: str = "<text>") -> tuple[str, int]:
-    """text with lab's regions replaced by their stubs; (new text, regions replaced)."""
+def strip_lab(text: str, lab: int, path: str = "<text>", only=None) -> tuple[str, int]:
+    """text with lab's regions replaced by their stubs; (new text, regions replaced).
+    only: the indexes (0, 1, ...) of the file's lab regions to replace (default all)."""
     regions = [r for r in find_regions(text, path) if r.lab == lab]
+    if only is not None:
+        regions = [r for i, r in enumerate(regions) if i in only]
     if not regions:
         return text, 0
     lines = text.splitlines(keepends=True)
@@ -239,6 +326,7 @@ class Run:
     status: int | None                  # None: timed out
     output: str
     seconds: float
+    error: str = ""                     # the run could not be made (e.g. no gdb)
 
 
 @dataclass
@@ -271,8 +359,75 @@ def run_xomb(ws: Path, args, timeout: float) -> Run:
         return Run(None, out.replace("\r\n", "\n"), time.perf_counter() - t)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_gdb(ws: Path, args, commands, timeout: float) -> Run:
+    """Start the workspace's `python -m vmm.cli ARGS --gdb 127.0.0.1:PORT --wait-gdb`, run
+    `gdb -batch` with commands against it (then `kill`); gdb's output, then the VMM's."""
+    t0 = time.perf_counter()
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return Run(None, "", 0.0, "gdb is not installed (apt-get install gdb)")
+    port = _free_port()
+    deadline = time.monotonic() + timeout
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm.cli", *args, "--gdb", f"127.0.0.1:{port}",
+                            "--wait-gdb"], cwd=ws, env=_env(ws), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    vmm_out = b""
+    try:
+        while b"waiting for gdb" not in vmm_out:    # the stub listens before it says so
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Run(None, vmm_out.decode(errors="replace"), time.perf_counter() - t0)
+            ready, _, _ = select.select([vmm.stdout], [], [], left)
+            chunk = os.read(vmm.stdout.fileno(), 65536) if ready else b""
+            if ready and not chunk:                 # the VMM ended before gdb could attach
+                status = vmm.wait()
+                out = vmm_out.decode(errors="replace").replace("\r\n", "\n")
+                last = (out.strip().splitlines() or [""])[-1].strip()
+                return Run(status, out, time.perf_counter() - t0,
+                           f"the VMM exited (status {status}) before gdb could attach: {last!r}")
+            vmm_out += chunk
+        cmd = [gdb, "-q", "-nx", "-batch", "-ex", "set pagination off", "-ex", "set confirm off",
+               "-ex", f"target remote 127.0.0.1:{port}"]
+        for c in commands:
+            cmd += ["-ex", c]
+        cmd += ["-ex", "kill"]
+        sym = ws / "build" / "kernel" / "kernel.sym.elf"
+        if sym.is_file():
+            cmd.append(str(sym))
+        try:
+            g = subprocess.run(cmd, cwd=ws, stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True, errors="replace",
+                               timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout or b""
+            out = out.decode(errors="replace") if isinstance(out, bytes) else out
+            return Run(None, out, time.perf_counter() - t0)
+        try:
+            rest, _ = vmm.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            vmm.kill()
+            rest, _ = vmm.communicate()
+        vmm_out += rest or b""
+        out = g.stdout + g.stderr + "\n" + vmm_out.decode(errors="replace")
+        return Run(g.returncode, out.replace("\r\n", "\n"), time.perf_counter() - t0)
+    finally:
+        if vmm.poll() is None:
+            vmm.kill()
+            vmm.wait()
+        if vmm.stdout:
+            vmm.stdout.close()
+
+
 def check(test: LabTest, run: Run) -> tuple[bool, str]:
     """(passed, the first reason it failed)."""
+    if run.error:
+        return False, run.error
     if run.status is None:
         return False, f"timed out after {test.timeout:g} s"
     for rx in test.match:
@@ -300,10 +455,23 @@ def grade(n: int, ws: Path = paths.ROOT, log=None) -> tuple[list[Result], str]:
         return [Result(t, False, "the workspace does not build", 0.0) for t in lab.tests], err
     runs: dict[tuple, Run] = {}
     results = []
+    disk = None
     for t in lab.tests:
-        if t.command not in runs:               # one boot per distinct command
-            runs[t.command] = run_xomb(ws, t.command, t.timeout)
-        r = runs[t.command]
+        args = t.command
+        if DISK in args:                        # one fresh disk image per grading
+            if disk is None:
+                disk = ws / "build" / "lab" / "disk.img"
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                disk.unlink(missing_ok=True)
+                m = run_xomb(ws, ("mkfs", str(disk), "--size", "16M", "--namespaces", "2"), 60)
+                if m.status != 0:
+                    return [Result(t, False, "mkfs failed", 0.0) for t in lab.tests], m.output
+            args = tuple(str(disk) if a == DISK else a for a in args)
+        key = (t.command, t.gdb)
+        if key not in runs:                     # one boot per distinct command (and gdb script)
+            runs[key] = (run_gdb(ws, args, t.gdb, t.timeout) if t.gdb
+                         else run_xomb(ws, args, t.timeout))
+        r = runs[key]
         ok, why = check(t, r)
         results.append(Result(t, ok, why, r.seconds))
         if log:
@@ -311,19 +479,38 @@ def grade(n: int, ws: Path = paths.ROOT, log=None) -> tuple[list[Result], str]:
     return results, ""
 
 
+def exercise_scores(lab: Lab, results: list[Result]) -> dict[int, tuple[int, int]]:
+    """{exercise: (points earned, points)}, exercises in order, 0 (the whole lab) last."""
+    out: dict[int, tuple[int, int]] = {}
+    for k in sorted({r.test.exercise for r in results}, key=lambda k: (k == 0, k)):
+        mine = [r for r in results if r.test.exercise == k]
+        out[k] = (sum(r.test.points for r in mine if r.passed), sum(r.test.points for r in mine))
+    return out
+
+
 def print_report(lab: Lab, results: list[Result], build_error: str, seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
     con = Console(highlight=False)
     table = Table(title=f"Lab {lab.number}: {lab.title}")
+    table.add_column("exercise")
     table.add_column("test")
     table.add_column("points", justify="right")
     table.add_column("result")
     table.add_column("time", justify="right")
-    for r in results:
-        table.add_row(r.test.name, f"{r.test.points if r.passed else 0}/{r.test.points}",
-                      "[green]OK[/]" if r.passed else "[red]FAIL[/]", f"{r.seconds:.1f} s")
+    groups = exercise_scores(lab, results)
+    for k, (got, total) in groups.items():
+        mine = [r for r in results if r.test.exercise == k]
+        for i, r in enumerate(mine):
+            table.add_row(str(k) if k and i == 0 else ("-" if not k and i == 0 else ""),
+                          r.test.name + (" (gdb)" if r.test.gdb else ""),
+                          f"{r.test.points if r.passed else 0}/{r.test.points}",
+                          "[green]OK[/]" if r.passed else "[red]FAIL[/]", f"{r.seconds:.1f} s")
+        table.add_section()
     con.print(table)
+    for k, (got, total) in groups.items():      # plain lines: the per-exercise credit
+        print(f"{'Exercise ' + str(k) if k else 'Whole lab '}: {got:>3}/{total:<3} "
+              f"{lab.exercise_name(k) if k else '(regression and overall checks)'}")
     if build_error:
         print(f"build failed:\n{build_error}")
     for r in results:                           # plain lines: the reasons, never wrapped
@@ -358,10 +545,14 @@ def cmd_list(args, t_start) -> int:
     for lab in LABS.values():
         mine = [r for r in regions if r.lab == lab.number]
         print(f"Lab {lab.number}: {lab.title}  ({lab.points} points, {lab.handout})")
+        for k, name in enumerate(lab.exercises, 1):
+            print(f"  exercise {k}: {name}")
         for r in mine:
-            print(f"  exercise  {r.path}:{r.begin}-{r.end}")
+            print(f"  region    {r.path}:{r.begin}-{r.end}")
         for t in lab.tests:
-            print(f"  test      {t.name:<18} {t.points:>3}  xomb-vmm {' '.join(t.command)}")
+            ex = f"ex {t.exercise}" if t.exercise else "lab "
+            gdb = "  (+ gdb check)" if t.gdb else ""
+            print(f"  test      {t.name:<20} {t.points:>3}  {ex}  xomb-vmm {' '.join(t.command)}{gdb}")
     return 0
 
 

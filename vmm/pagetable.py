@@ -280,6 +280,7 @@ class PageTables:
     def table(self, va: int, level: int, create: bool = True) -> int | None:
         """Physical address of the level-``level`` table (1 = PT .. 4 = PML4) covering va,
         creating the missing tables above it if ``create``; None if missing."""
+        # LAB 2 BEGIN STUB: raise MappingError(f"{canonical(va):#x}: PageTables.table is not written yet (lab 2)")
         t = self.root
         for lv in range(4, level, -1):
             off = ((va >> SHIFT[lv]) & 511) * 8
@@ -302,6 +303,7 @@ class PageTables:
             struct.pack_into("<Q", pg, off, nt | self.inter)
             t = nt
         return t
+        # LAB 2 END
 
     def tables_needed(self, va: int, npages: int) -> int:
         """How many table pages :meth:`map` would allocate for npages at va (arithmetic on
@@ -490,6 +492,7 @@ def walk(mem, cr3: int, va: int) -> Walk:
     if not is_canonical(va):
         w.stopped_at, w.reason = 4, "non-canonical address"
         return w
+    # LAB 2 BEGIN STUB: w.stopped_at, w.reason = 4, "walk is not written yet (lab 2)"; return w
     table = cr3 & abi.PTE_ADDR
     rights = abi.PTE_W | abi.PTE_U
     nx = 0
@@ -524,6 +527,7 @@ def walk(mem, cr3: int, va: int) -> Walk:
     w.rights = (rights & (abi.PTE_W | abi.PTE_U)) | nx | \
         (e & (abi.PTE_PCD | abi.PTE_PWT | abi.PTE_G))
     return w
+    # LAB 2 END
 
 
 @dataclass(frozen=True)

@@ -391,12 +391,14 @@ void process_preempted(uint64_t child_root, uint64_t cpu)
 /* We were given a CPU and run no threads: pass it to the child we wait for. */
 void process_donate(uint64_t cpu)
 {
+    /* LAB 6 BEGIN */
     long h = waiting_for;
     if (h < 2 || h >= XOMB_MAX_HANDLES || !procs[h].used || procs[h].finished)
         return;
     __atomic_fetch_add(&procs[h].cpus_out, 1, __ATOMIC_SEQ_CST);
     xomb_yield(h, XOMB_UP_DONATE, cpu, 0);
     __atomic_fetch_sub(&procs[h].cpus_out, 1, __ATOMIC_SEQ_CST);   /* it failed */
+    /* LAB 6 END */
 }
 
 /* A waiting context (wait(), yield_and_resume()) lives on our home CPU and
