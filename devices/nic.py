@@ -530,24 +530,27 @@ class Nic(Device):
                 r, _, _ = select.select([up.fileno()], [], [], WAIT_TIMEOUT)
             except (OSError, ValueError):
                 return
-            if not r:
+            if r:
+                self.from_uplink(up.recv_batch(64))     # drain what is there, forward it
+
+    def from_uplink(self, frames: list[bytes]) -> None:
+        """Frames that arrived on the uplink: check, switch, deliver (one batch)."""
+        out: dict[int, list[bytes]] = {}
+        for frame in frames:
+            self.stats_uplink["rx"] += 1
+            if len(frame) < abi.NIC_MIN_FRAME:
+                self.stats_uplink["runts"] += 1
                 continue
-            out: dict[int, list[bytes]] = {}
-            for frame in up.recv_batch(64):     # drain what is there, then forward
-                self.stats_uplink["rx"] += 1
-                if len(frame) < abi.NIC_MIN_FRAME:
-                    self.stats_uplink["runts"] += 1
-                    continue
-                if len(frame) > abi.NIC_MTU_FRAME:
-                    self.stats_uplink["too_big"] += 1
-                    continue
-                for port in self.switch.route(frame, UPLINK):
-                    out.setdefault(port, []).append(frame)
-            for port, frames in out.items():
-                try:
-                    self._deliver(port, frames)
-                except Exception as exc:    # never lose the uplink over one delivery
-                    self._note(f"uplink: delivery to port {port} failed: {exc!r}")
+            if len(frame) > abi.NIC_MTU_FRAME:
+                self.stats_uplink["too_big"] += 1
+                continue
+            for port in self.switch.route(frame, UPLINK):
+                out.setdefault(port, []).append(frame)
+        for port, frames in out.items():
+            try:
+                self._deliver(port, frames)
+            except Exception as exc:        # never lose the uplink over one delivery
+                self._note(f"uplink: delivery to port {port} failed: {exc!r}")
 
     # ------------------------------------------------------------------ errors, faults
     def _bump(self, pa: int, n: int = 1):

@@ -1,0 +1,191 @@
+"""devices/nic.py without KVM: a hand-built world of page tables (as tests/test_iommu_disk.py).
+
+One child holds VF 0 and VF 1 and has, for each, a status page, a TX and an RX ring, and
+buffers; plus a read-only page and a supervisor-only page.  The "driver" is Python
+writing the child's memory and calling the device's batch directly (no threads)."""
+from __future__ import annotations
+
+import struct
+import types
+
+from vmm import abi
+from vmm.memory import GuestMemory
+from vmm.pagetable import FrameAllocator, PageTables, PhysMem
+from devices.nic import Nic, UPLINK, mac_of
+
+RAM = 16 << 20
+P, W, U, NX, PCD = abi.PTE_P, abi.PTE_W, abi.PTE_U, abi.PTE_NX, abi.PTE_PCD
+PAGE = abi.PAGE
+INIT_ROOT, CHILD_ROOT = 0x600000, 0x601000
+Q = 8
+RO, SUP = 0x3100_0000, 0x3200_0000
+
+
+def base(vf):                       # status, faults, TX ring, RX ring, TX bufs, RX bufs
+    return 0x2000_0000 + vf * 0x10_0000
+
+
+class FakeUplink:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, f):
+        self.sent.append(f)
+
+    def describe(self):
+        return "fake uplink"
+
+
+class World:
+    def __init__(self):
+        pm = PhysMem()
+        alloc = FrameAllocator(0x700000, 0x800000)
+        data = FrameAllocator(0x900000, RAM)
+        self.init = PageTables(pm, alloc, root=INIT_ROOT)
+        self.child = PageTables(pm, alloc, root=CHILD_ROOT)
+        pm.write_u64(INIT_ROOT + (abi.PML4_HANDLE0 + 2) * 8, CHILD_ROOT | abi.PTE_SLOT)
+        self.pa, frames = {}, {}
+        vas = [base(vf) + i * PAGE for vf in (0, 1) for i in range(6)] + [RO, SUP]
+        for va in vas:
+            pa = self.pa[va] = data.alloc()
+            frames[pa >> 12] = abi.FT_DATA
+            self.child.map(va, pa, {RO: U | NX, SUP: W | NX}.get(va, U | W | NX))
+        for vf in (0, 1):
+            self.child.map(abi.NIC_VF_VA + vf * PAGE, RAM + (abi.DEV_NIC_VF0 + vf) * PAGE,
+                           U | W | NX | PCD)
+        for r in (INIT_ROOT, CHILD_ROOT):
+            frames[r >> 12] = abi.FT_ROOT
+        for t in self.init.tables + self.child.tables:
+            frames[t >> 12] = abi.FT_TABLE
+        ram = self.ram = bytearray(RAM)
+        for pa, d in pm.runs():
+            ram[pa:pa + len(d)] = d
+        for pfn, t in frames.items():
+            struct.pack_into("<Q", ram, abi.FRAMES_PHYS + pfn * 8, abi.frame_entry(t, 1))
+        for i in range(abi.DEV_PAGES):
+            struct.pack_into("<Q", ram, abi.FRAMES_PHYS + (RAM // PAGE + i) * 8,
+                             abi.frame_entry(abi.FT_DEVICE, 1))
+        self.irqs = []
+        self.machine = types.SimpleNamespace(
+            mem=GuestMemory.from_buffer(ram), ram_bytes=RAM, stats={},
+            boot=types.SimpleNamespace(bootinfo=types.SimpleNamespace(root_phys=INIT_ROOT)),
+            register_mmio=lambda i, d: None, add_ioeventfd=lambda gpa, n=None: None,
+            device_page_gpa=lambda i: RAM + i * PAGE, mfence=lambda: None,
+            raise_irq=self.irqs.append)
+        self.up = FakeUplink()
+        self.nic = Nic(2, self.up)
+        self.nic.attach(self.machine)
+        self.tx_tail = [0, 0]
+
+    # -- memory of the child, by its virtual addresses --------------------------
+    def st(self, vf, off, fmt="<I", value=None):
+        pa = self.pa[base(vf)] + off
+        if value is None:
+            return struct.unpack_from(fmt, self.ram, pa)[0]
+        struct.pack_into(fmt, self.ram, pa, value)
+
+    def desc(self, vf, ring, i):       # ring 2 = TX, 3 = RX
+        return self.pa[base(vf) + ring * PAGE] + (i % Q) * abi.NDESC_SIZE
+
+    def enable(self, vf):
+        b = base(vf)
+        struct.pack_into("<QQQI", self.ram, self.pa[b] + abi.NS_SETUP_VF_VA,
+                         abi.NIC_VF_VA + vf * PAGE, b + 2 * PAGE, b + 3 * PAGE, Q)
+        struct.pack_into("<QI", self.ram, self.pa[b] + abi.NS_SETUP_FAULT_VA, b + PAGE, 128)
+        self.nic.mmio_write(abi.DEV_NIC_VF0 + vf, abi.NIC_ENABLE, struct.pack("<Q", b))
+        for i in range(Q):                 # RX buffers: 512 bytes each in page 5
+            struct.pack_into("<QHH", self.ram, self.desc(vf, 3, i), b + 5 * PAGE + i * 512, 0,
+                             512)
+        self.st(vf, abi.NS_RX_TAIL, value=Q)
+        return self.st(vf, abi.NS_STATE)
+
+    def send(self, vf, frame: bytes, buf=None, length=None):
+        """Put frame into a TX buffer, post the descriptor, run the device's batch."""
+        b = base(vf)
+        i = self.tx_tail[vf]
+        va = b + 4 * PAGE + (i % Q) * 512
+        at = self.pa[b + 4 * PAGE] + (i % Q) * 512
+        self.ram[at:at + len(frame)] = frame
+        struct.pack_into("<QHHH", self.ram, self.desc(vf, 2, i), va if buf is None else buf,
+                         len(frame) if length is None else length, 0, 0)
+        self.tx_tail[vf] += 1
+        self.st(vf, abi.NS_TX_TAIL, value=self.tx_tail[vf])
+        self.nic._tx_batch(self.nic.vfs[vf])
+        return struct.unpack_from("<H", self.ram, self.desc(vf, 2, i) + abi.NDESC_STATUS)[0]
+
+    def received(self, vf, i):
+        buf, ln, _bl, status = struct.unpack_from("<QHHH", self.ram, self.desc(vf, 3, i))
+        pa = self.pa[base(vf) + 5 * PAGE] + (buf - base(vf) - 5 * PAGE)
+        return status, bytes(self.ram[pa:pa + ln])
+
+
+def eth(dst, src, payload=b"p" * 46):
+    return dst + src + b"\x88\xb5" + payload
+
+
+def test_bind_and_the_status_page_says_who_we_are():
+    w = World()
+    assert w.enable(0) == abi.DSTATE_READY and w.enable(1) == abi.DSTATE_READY
+    pa = w.pa[base(1)]
+    assert bytes(w.ram[pa + abi.NS_MAC:pa + abi.NS_MAC + 6]) == mac_of(1)
+    assert struct.unpack_from("<IIII", w.ram, pa + abi.NS_IP) == (0x0A00020F, 0x0A000201, 24,
+                                                                   1514)
+    devtab = abi.BOOTINFO_PHYS + abi.BOOTINFO_DEVTAB
+    assert struct.unpack_from("<IIIIII6s", w.ram, devtab + 8) == (
+        abi.DEVT_NIC, abi.DEV_NIC_VF0, 2, 0x0A00020F, 0x0A000201, 24, mac_of(0))
+
+
+def test_frames_through_the_switch_into_the_rx_ring():
+    w = World()
+    w.enable(0), w.enable(1)
+    f = eth(mac_of(1), mac_of(0))
+    assert w.send(0, f) == abi.NST_DONE | abi.NST_OK
+    assert w.st(0, abi.NS_TX_HEAD) == 1 and w.st(1, abi.NS_RX_HEAD) == 1
+    assert w.received(1, 0) == (abi.NST_DONE | abi.NST_OK, f)
+    w.st(1, abi.NS_IRQ, value=1)               # the receiver is about to halt: interrupt it
+    w.send(0, eth(b"\xff" * 6, mac_of(0)))
+    assert w.received(1, 1)[1][:6] == b"\xff" * 6 and w.irqs == [abi.DEV_NIC_VF0 + 1]
+    assert len(w.up.sent) == 1                 # the broadcast also went out
+    w.send(0, eth(b"\x02" + bytes(5), mac_of(0)))
+    assert len(w.up.sent) == 2 and w.st(1, abi.NS_RX_HEAD) == 2   # unknown: uplink only
+    w.nic.from_uplink([b"\1" * 10, eth(mac_of(0), b"\2" * 6, b"x" * 2000),
+                       eth(mac_of(0), b"\2" * 6)])
+    assert w.nic.stats_uplink["runts"] == 1 and w.nic.stats_uplink["too_big"] == 1
+    assert w.st(0, abi.NS_RX_HEAD) == 1 and w.received(0, 0)[1][6:12] == b"\2" * 6
+
+
+def test_hostile_descriptors_are_refused_and_memory_is_untouched():
+    w = World()
+    w.enable(0), w.enable(1)
+    assert w.send(0, eth(mac_of(1), mac_of(1))) == abi.NST_DONE | abi.NST_SPOOFED
+    assert w.send(0, eth(mac_of(1), mac_of(0)), length=1515) == abi.NST_DONE | abi.NST_TOO_LONG
+    assert w.send(0, eth(mac_of(1), mac_of(0)), buf=SUP) == abi.NST_DONE | abi.NST_IOMMU_FAULT
+    assert w.st(1, abi.NS_RX_HEAD) == 0 and w.st(0, abi.NS_FAULTS, "<Q") == 1
+    # an RX descriptor pointing at the child's read-only page
+    struct.pack_into("<Q", w.ram, w.desc(1, 3, 0), RO)
+    w.ram[w.pa[RO]:w.pa[RO] + 64] = b"\xAA" * 64
+    w.send(0, eth(mac_of(1), mac_of(0)))
+    assert w.received(1, 0)[0] == abi.NST_DONE | abi.NST_IOMMU_FAULT
+    assert w.ram[w.pa[RO]:w.pa[RO] + 64] == b"\xAA" * 64
+    rec = struct.unpack_from("<QIIII", w.ram, w.pa[base(1) + PAGE])
+    assert rec[:4] == (RO, 1, abi.IOMMU_W, abi.IOMMU_READ_ONLY)
+    # a TX tail far beyond the ring: refused as a whole
+    w.tx_tail[0] += Q + 3
+    w.st(0, abi.NS_TX_TAIL, value=w.tx_tail[0])
+    w.nic._tx_batch(w.nic.vfs[0])
+    assert w.st(0, abi.NS_TX_HEAD) == w.tx_tail[0] and w.st(0, abi.NS_ERRORS, "<Q") == 2
+
+
+def test_a_vf_whose_register_page_moved_away_is_never_touched_again():
+    w = World()
+    w.enable(0), w.enable(1)
+    # unmap VF 1's register page in the child (what MAP_MOVE / RELEASE do)
+    va, t = abi.NIC_VF_VA + PAGE, CHILD_ROOT
+    for shift in (39, 30, 21):
+        t = struct.unpack_from("<Q", w.ram, t + ((va >> shift) & 511) * 8)[0] & abi.PTE_ADDR
+    struct.pack_into("<Q", w.ram, t + ((va >> 12) & 511) * 8, 0)
+    before = bytes(w.ram[w.pa[base(1)]:w.pa[base(1)] + PAGE])
+    w.send(0, eth(mac_of(1), mac_of(0)))
+    assert not w.nic.vfs[1].ready and w.nic.vfs[1].stats["rx_unbound"] == 1
+    assert bytes(w.ram[w.pa[base(1)]:w.pa[base(1)] + PAGE]) == before
+    assert "no longer holds the register page" in w.nic.report()
