@@ -59,7 +59,13 @@ def skip_reason() -> str | None:
     r = _ip("netns", "add", name, check=False)
     if r.returncode != 0:
         return f"cannot create a network namespace: {r.stdout.strip()}"
-    _ip("netns", "del", name, check=False)
+    try:                                # what the fixture does: a TAP inside, exec inside
+        r = _ip("netns", "exec", name, "ip", "tuntap", "add", "dev", "xprobe0", "mode", "tap",
+                check=False)
+        if r.returncode != 0:
+            return f"cannot create a TAP inside a network namespace: {r.stdout.strip()}"
+    finally:
+        _ip("netns", "del", name, check=False)
     return None
 
 
