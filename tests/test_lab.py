@@ -213,6 +213,8 @@ def score(out):
 FRESH = {
     1: ["FAIL first-instruction: the VMM exited (status 2) before gdb could attach: "
         "'xomb-vmm: KVM_SET_SREGS: Invalid argument (errno 22)'",
+        "FAIL first-step: the VMM exited (status 2) before gdb could attach: "
+        "'xomb-vmm: KVM_SET_SREGS: Invalid argument (errno 22)'",
         "FAIL boot-hello: no match for /^Hello from hello!$/",
         "FAIL two-cpus: no match for /^Hello from hello!$/"],
     2: ["FAIL init-address-space: no match for /^Hello from hello!$/",
@@ -270,8 +272,10 @@ def mutate(path, old, new):
 # (lab, file, old, new, the FAIL lines, the per-exercise line that loses points)
 MUTATIONS = [
     (1, "vmm/bootimage.py", "efer=BOOT_EFER, gdt_base", "efer=BOOT_EFER & ~EFER_NXE, gdt_base",
-     ["FAIL boot-hello: no match for /^Hello from hello!$/",
-      "FAIL two-cpus: no match for /^Hello from hello!$/"], "Exercise 1:   0/15"),
+     ["FAIL first-instruction: no match for /^efer\\.nxe 0x800$/",
+      "FAIL first-step: no match for /^kernel_start64 \\+ 7 in section \\.text/",
+      "FAIL boot-hello: no match for /^Hello from hello!$/",
+      "FAIL two-cpus: no match for /^Hello from hello!$/"], "Exercise 2:   0/15"),
     (2, "vmm/bootimage.py", "abi.PML4_SELF: root_phys | P | U | NX,",
      "abi.PML4_SELF: root_phys | P | W | U | NX,",
      ["FAIL self-map-entry: no match for /^selfmap\\.rights 0x8000000000000005$/"],

@@ -91,6 +91,7 @@ FIRST_INSTRUCTION = (
     'printf "cr0.pg_pe %#x\\n", $cr0 & 0x80000001',
     'printf "cr4.pae %#x\\n", $cr4 & 0x20',
     'printf "efer.lme_lma %#x\\n", $efer & 0x500',
+    'printf "efer.nxe %#x\\n", $efer & 0x800',
     *PHYS,
     'printf "cr3.is_a_root %d\\n", (*(unsigned long *)($cr3 + 510 * 8) & 0xffffffffff000) == $cr3',
 )
@@ -105,7 +106,11 @@ LABS: dict[int, Lab] = {lab.number: lab for lab in (
     Lab(1, "Boot and the VMM", "docs/labs/lab1.md", (
         LabTest("first-instruction", 15, ("boot",), gdb=FIRST_INSTRUCTION, exercise=2, timeout=30,
                 match=(r"^kernel_start64 in section \.text", r"^cr0\.pg_pe 0x80000001$",
-                       r"^cr4\.pae 0x20$", r"^efer\.lme_lma 0x500$", r"^cr3\.is_a_root 1$")),
+                       r"^cr4\.pae 0x20$", r"^efer\.lme_lma 0x500$", r"^efer\.nxe 0x800$",
+                       r"^cr3\.is_a_root 1$")),
+        LabTest("first-step", 10, ("boot",), gdb=("stepi", "info symbol $pc"), exercise=1,
+                timeout=30, match=(r"^kernel_start64 \+ 7 in section \.text",),
+                no_match=(r"^Remote connection closed",)),
         LabTest("boot-hello", 15, HELLO, exercise=1, status=0,
                 match=(r"^Hello from hello!$", r'argv\[2\] = "beta"')),
         LabTest("two-cpus", 10, ("run", "--cpus", "2", "hello"), status=0,
