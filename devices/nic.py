@@ -515,7 +515,10 @@ class Nic(Device):
 
     def _interrupt(self, vf: VF, spa: int) -> None:
         """A driver about to halt sets NS_IRQ: raise the VF's interrupt (irqfd -> MSI ->
-        INTERRUPT upcall; no VM exit).  A busy driver leaves it 0 and costs nothing."""
+        INTERRUPT upcall; no VM exit).  A busy driver leaves it 0 and costs nothing.
+        The fence: our NS_RX_HEAD store before the NS_IRQ load, against the driver's
+        NS_IRQ store, mfence, NS_RX_HEAD load -- else both could miss the other."""
+        self._mfence()
         if _U32.unpack_from(self.mem, spa + abi.NS_IRQ)[0]:
             vf.stats["interrupts"] += 1
             raise_irq = getattr(self.machine, "raise_irq", None)
