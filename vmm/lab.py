@@ -100,6 +100,15 @@ SELF_MAP = (
     'printf "selfmap.root %d\\n", (*(unsigned long *)($cr3 + 510 * 8) & 0xffffffffff000) == $cr3',
     'printf "selfmap.rights %#lx\\n", *(unsigned long *)($cr3 + 510 * 8) & 0x8000000000000007',
 )
+INIT_TABLES = (                        # walk init's tables for 0x400000 by hand, physically
+    *PHYS,
+    "set $l4 = *(unsigned long *)($cr3 + 0 * 8)",
+    "set $l3 = *(unsigned long *)(($l4 & 0xffffffffff000) + 0 * 8)",
+    "set $l2 = *(unsigned long *)(($l3 & 0xffffffffff000) + 2 * 8)",
+    "set $l1 = *(unsigned long *)(($l2 & 0xffffffffff000) + 0 * 8)",
+    'printf "tables.upper %#lx %#lx %#lx\\n", $l4 & 7, $l3 & 7, $l2 & 7',
+    'printf "tables.leaf_0x400000 %#lx\\n", $l1 & 0x8000000000000007',
+)
 WALK = ("monitor vtop 0x400000", "monitor vtop 0x500000000000")
 
 LABS: dict[int, Lab] = {lab.number: lab for lab in (
@@ -117,6 +126,8 @@ LABS: dict[int, Lab] = {lab.number: lab for lab in (
                 match=(r"^Hello from hello!$",), no_match=(r"panic",)),
     ), exercises=("the memory slot (vmm/kvm.py)", "the first register state (vmm/bootimage.py)")),
     Lab(2, "Page tables and the self-map", "docs/labs/lab2.md", (
+        LabTest("init-tables", 10, ("boot",), gdb=INIT_TABLES, exercise=1, timeout=30,
+                match=(r"^tables\.upper 0x7 0x7 0x7$", r"^tables\.leaf_0x400000 0x5$")),
         LabTest("init-address-space", 10, HELLO, exercise=1, status=0,
                 match=(r"^Hello from hello!$",)),
         LabTest("self-map-entry", 10, ("boot",), gdb=SELF_MAP, exercise=2, timeout=30,
