@@ -127,8 +127,10 @@ def check_ticks(out: str, n: int):
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_a_running_program_lives_through_three_upgrades_and_a_rollback(built, tmp_path, cpus):
     from vmm import upgrade
-    kernels = [upgrade.load_kernel(variant(tmp_path, f"k{i}", f"xomb 1.{i}-test"))
-               for i in (1, 2, 3)]
+    # 1.2 changes a system call's behaviour: a handle not held is EINVAL, not EBADH
+    ebadh = ("syscall.s", "sys_ebadh:\n    mov rax, NEG_EBADH", "sys_ebadh:\n    mov rax, NEG_EINVAL")
+    kernels = [upgrade.load_kernel(variant(tmp_path, f"k{i}", f"xomb 1.{i}-test",
+                                           ebadh if i == 2 else None)) for i in (1, 2, 3)]
     n = 400
     r = Running(built, tmp_path, cpus, n, 5)
     results = []
@@ -151,6 +153,8 @@ def test_a_running_program_lives_through_three_upgrades_and_a_rollback(built, tm
     check_ticks(out, n)
     changes = re.findall(r"^ticker: kernel now (.*)$", out, re.M)
     assert changes == ["xomb 1.1-test", "xomb 1.2-test", "xomb 1.3-test", "xomb 1.2-test"]
+    said = re.findall(r"^ticker: release\(99\) now says (\w+)$", out, re.M)
+    assert said == ["EINVAL", "EBADH", "EINVAL"], said
     for x in results:
         assert all(p in ("user", "halted") for p in x.safe_points) and len(x.safe_points) == cpus
         print(f"\n{cpus} vCPU(s): {x.text()}")

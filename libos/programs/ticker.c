@@ -6,7 +6,9 @@
  * Each tick does system calls (maps a fresh page, writes it, frees it: MAP and
  * RELEASE under whichever kernel runs now) and prints "tick I kernel=VERSION",
  * VERSION read from KINFO_VA.  A new kernel prints "ticker: kernel now
- * VERSION".  With a disk, /ticker.log stays in use the whole run: every tick
+ * VERSION", and a new answer to one refused system call (destroying handle
+ * 99, which we do not hold: EBADH) prints "ticker: release(99) now says ERR",
+ * so a kernel that changed a syscall's behaviour shows.  With a disk, /ticker.log stays in use the whole run: every tick
  * appends its line, and at the end the file is read back and compared with
  * what was written, so a lost or torn write under an upgrade shows. */
 #include "xomb.h"
@@ -35,12 +37,18 @@ int main(int argc, char **argv)
     int bad = 0;
     char last[XOMB_KINFO_VERSION_MAX] = "", now[XOMB_KINFO_VERSION_MAX];
     char line[128];
+    long refusal = xomb_release(99, 0, 0).rv;
     for (uint64_t i = 1; i <= n; i++) {
         kernel_version(now);            /* a snapshot: the kernel may change at any time */
         if (strcmp(now, last) != 0) {
             if (last[0])
                 printf("ticker: kernel now %s\n", now);
             memcpy(last, now, sizeof(last));
+        }
+        long e = xomb_release(99, 0, 0).rv;
+        if (e != refusal) {
+            printf("ticker: release(99) now says %s\n", xomb_errname(e));
+            refusal = e;
         }
         long r = page_alloc_at(0, SCRATCH, XOMB_MAP_W);
         if (r < 0) {
