@@ -603,6 +603,7 @@ def stats_line(s: dict) -> str:
     return (f"xomb-vmm: nic tx {pk} rx {s.get('rx_packets', 0)} frames, {s.get('doorbells', 0)} "
             f"doorbells ({s.get('doorbells', 0) / max(pk, 1):.3f} exits per frame sent), "
             f"{s.get('interrupts', 0)} interrupts, rx drops {s.get('rx_no_buffer', 0)} no buffer "
+            f"{s.get('rx_unbound', 0)} unbound "
             f"{s.get('rx_too_big', 0)} too big, spoofed {s.get('spoofed', 0)}, errors "
             f"{s.get('errors', 0)}, faults {s.get('faults', 0)}; switch "
             + " ".join(f"{k} {v}" for k, v in sw.items())

@@ -144,13 +144,27 @@ def test_vf_to_vf_by_interrupt_with_no_tick():
 
 
 @requires_kvm
+def test_two_processes_each_with_its_own_vf():
+    """nictest keeps VF 0 and gives VF 1 to a child (nic_grant): frames between the two
+    address spaces through the switch; a child given no VF cannot open one."""
+    rc, out = xomb("run", "nictest", "two", "10")
+    assert rc == 0, out
+    for line in ("PASS a child without a VF cannot open ours",
+                 "PASS VF 0 (us) <-> VF 1 (a child) through the switch",
+                 "PASS VF 1 came back to us", "nictest: two: 3 passed, 0 failed"):
+        assert line in out, out
+
+
+@requires_kvm
 def test_hostile_driver_is_stopped_and_the_system_survives():
     rc, out = xomb("boot", "--boot-stats",
-                   input="nictest hostile\nnictest pair 200\nhello after\nexit 0\n")
+                   input="nictest hostile\nnictest two 5\nnictest pair 200\nhello after\n"
+                         "exit 0\n")
     assert rc == 0, out
     assert "FAIL" not in out, out
     assert "nictest: hostile: 18 passed, 0 failed, 8 IOMMU faults delivered" in out, out
-    assert "nictest: pair: 3 passed, 0 failed" in out      # the VFs work afterwards
+    assert "nictest: two: 3 passed, 0 failed" in out       # the VFs work afterwards, and
+    assert "nictest: pair: 3 passed, 0 failed" in out      # came back to the shell
     assert 'argv[1] = "after"' in out
     m = re.search(r"spoofed (\d+), errors (\d+), faults (\d+)", out)
     assert m and (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (1, 5, 8), out

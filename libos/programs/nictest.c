@@ -7,6 +7,8 @@
  *   nictest pair N [-irq] [-len L]    N frames VF 0 -> VF 1 through the switch, in
  *                                     order, no loss; a broadcast back; frames/s and
  *                                     doorbells (exits) per frame
+ *   nictest two N                     two processes: we keep VF 0, a child gets VF 1
+ *                                     and echoes N frames we send it (at our ticks)
  *   nictest hostile                   a hostile driver on VF 0 and VF 1: spoofed MACs,
  *                                     bad lengths, DMA outside its memory, tails
  *                                     beyond the rings, rings freed mid-flight
@@ -215,6 +217,81 @@ static int pair(unsigned count, int irq, unsigned len)
     nic_close(&a);
     nic_close(&b);
     printf("nictest: pair: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
+
+/* --- two processes, a VF each ------------------------------------------------ *
+ * We keep VF 0 and give VF 1 to a child running `nictest echo`.  While we wait
+ * for it, every tick that preempts it runs tick_send() here (the libOS's
+ * process_interrupt_check hook): one frame out on VF 0, echoes taken back. */
+
+static struct nic tw;
+static uint8_t peer[6];
+static unsigned tw_n, tw_got, tw_bad, tw_ticks;
+
+static void tw_drain(void)
+{
+    int k;
+    while ((k = nic_recv(&tw, rxb, sizeof(rxb))) > 0) {
+        if (k >= 18 && be32(rxb + 14) < tw_got)
+            continue;                   /* the echo of a frame we sent again */
+        if (memcmp(rxb + 6, peer, 6) || !frame_ok(rxb, k, tw_got, 80))
+            tw_bad++;
+        tw_got++;
+        tw_ticks = 0;
+    }
+}
+
+/* Frame tw_got until its echo is back (sent again every few ticks: the first
+ * ones may arrive before the child has opened its VF, and are dropped), then
+ * STOP. */
+static int tick_send(void)
+{
+    tw_drain();
+    if (tw_ticks++ % 4 == 0) {
+        if (tw_got < tw_n)
+            nic_send(&tw, frame, build(peer, tw.mac, tw_got, 80));
+        else
+            nic_send(&tw, frame, build(peer, tw.mac, 0x53544f50, 80));   /* "STOP" */
+    }
+    return 0;                           /* never kill the child */
+}
+
+static int two(unsigned n)
+{
+    char det[100];
+    if (open_vf(&tw, 0) < 0)
+        return 1;
+    memcpy(peer, tw.mac, 6);
+    peer[5] += 1;                       /* VF 1's MAC */
+    /* a child we give no VF cannot use ours */
+    char *iargv[] = { "nictest", "info", "-vf", "0", 0 };
+    long h = spawn("nictest", iargv);
+    int st = h < 0 ? -1 : wait_status(h, 0, 1);
+    check("a child without a VF cannot open ours", st == 1, "");
+    /* a child with VF 1 echoes what we send from VF 0 */
+    char num[12];
+    snprintf(num, sizeof(num), "%u", 1000000);  /* it stops when we say STOP */
+    char *eargv[] = { "nictest", "echo", num, "-vf", "1", 0 };
+    h = spawn("nictest", eargv);
+    long g = h < 0 ? h : nic_grant(h, 1);
+    if (g < 0) {
+        printf("nictest: two: cannot start the child: %s\n", h < 0 ? spawn_error() :
+               xomb_errname(g));
+        return 1;
+    }
+    tw_n = n;
+    process_interrupt_check = tick_send;
+    st = wait_status(h, 0, 0);
+    process_interrupt_check = 0;
+    nic_take_back(h);
+    proc_destroy(h);
+    snprintf(det, sizeof(det), "child status %d, %u/%u echoes, %u bad", st, tw_got, n, tw_bad);
+    check("VF 0 (us) <-> VF 1 (a child) through the switch", st == 0 && tw_got == n &&
+          !tw_bad, det);
+    check("VF 1 came back to us", nic_holds(1), "");
+    nic_close(&tw);
+    printf("nictest: two: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
 
@@ -433,6 +510,8 @@ int main(int argc, char **argv)
         return pair(count ? count : 1000, irq, len < 18 ? 18 : len > NIC_MTU_FRAME ? NIC_MTU_FRAME : len);
     if (!strcmp(mode, "hostile"))
         return hostile();
-    puts("usage: nictest info|echo COUNT|pair N|hostile [-vf N] [-irq] [-len L]");
+    if (!strcmp(mode, "two"))
+        return two(count ? count : 10);
+    puts("usage: nictest info|echo COUNT|pair N|two N|hostile [-vf N] [-irq] [-len L]");
     return 2;
 }
