@@ -104,7 +104,7 @@ def udp_echo_round_trips(ns, count: int) -> int:
 @requires_netns
 def test_host_pings_and_udp_echo_to_the_guest():
     with netns() as ns:
-        g = Guest(ns, "udpecho", "-n", "5")
+        g = Guest(ns, "udpecho", "-irq", "-n", "5")     # waits by interrupt, halted
         try:
             g.wait_for("udpecho: listening on 10.0.2.15:7")
             r = ns.run("ping", "-c", "3", "-W", "2", GUEST_IP)
@@ -147,7 +147,7 @@ def test_guest_ping_and_nc_reach_the_host():
         th = threading.Thread(target=serve, daemon=True)
         th.start()
         try:
-            rc, out = xomb_in(ns, "ping", "-c", "3", "10.0.2.1")
+            rc, out = xomb_in(ns, "ping", "-c", "3", "-i", "200", "10.0.2.1")
             assert rc == 0 and "3 packets transmitted, 3 received" in out, out
             assert re.search(r"64 bytes from 10\.0\.2\.1: icmp_seq=1 ttl=64 time=\d+\.\d{3} ms",
                              out), out

@@ -1,6 +1,6 @@
 /* httpd: serve the files of the disk's file system over HTTP/1.0.
  *
- *   httpd [-p PORT] [-n REQUESTS] [-vf N] [-a ADDR/PREFIX]
+ *   httpd [-p PORT] [-n REQUESTS] [-vf N] [-a ADDR/PREFIX] [-irq]
  *
  * Port 80 by default.  GET /path answers with the file (200), 404 if there
  * is none, 400 for a request it does not understand (net/http.c).  The file
@@ -61,7 +61,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "-n") && i + 1 < argc) {
             limit = strtoul(argv[++i], 0, 0);
         } else {
-            puts("usage: httpd [-p PORT] [-n REQUESTS] [-vf N] [-a ADDR/PREFIX]");
+            puts("usage: httpd [-p PORT] [-n REQUESTS] [-vf N] [-a ADDR/PREFIX] [-irq]");
             return 2;
         }
     }

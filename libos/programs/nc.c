@@ -1,6 +1,6 @@
 /* nc: a small netcat: send text to a TCP or UDP port, print what comes back.
  *
- *   nc [-u] [-w SECS] [-vf N] [-a ADDR/PREFIX] ADDR PORT [TEXT...]
+ *   nc [-u] [-w SECS] [-vf N] [-a ADDR/PREFIX] [-irq] ADDR PORT [TEXT...]
  *
  * With TEXT, sends the words (joined by blanks) and a newline; without, sends
  * the console's lines as they are typed (^D ends).  Then prints what the
@@ -57,7 +57,7 @@ int main(int argc, char **argv)
     uint32_t dst;
     unsigned long port = i + 1 < argc ? strtoul(argv[i + 1], 0, 0) : 0;
     if (i + 1 >= argc || ip_parse(argv[i], &dst) < 0 || !port || port > 65535) {
-        puts("usage: nc [-u] [-w SECS] [-vf N] [-a ADDR/PREFIX] ADDR PORT [TEXT...]");
+        puts("usage: nc [-u] [-w SECS] [-vf N] [-a ADDR/PREFIX] [-irq] ADDR PORT [TEXT...]");
         return 2;
     }
     static char text[1024];

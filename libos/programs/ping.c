@@ -1,6 +1,6 @@
 /* ping: ICMP echo requests to an address, the round trip of each (like Linux ping).
  *
- *   ping [-c COUNT] [-s SIZE] [-i MS] [-W SECS] [-vf N] [-a ADDR/PREFIX] ADDR
+ *   ping [-c COUNT] [-s SIZE] [-i MS] [-W SECS] [-vf N] [-a ADDR/PREFIX] [-irq] ADDR
  *
  * COUNT requests (default 4), SIZE bytes of payload (56), one every MS
  * milliseconds (1000), each waiting up to SECS seconds (1) for its reply.
@@ -36,7 +36,8 @@ int main(int argc, char **argv)
     }
     uint32_t dst;
     if (!target || ip_parse(target, &dst) < 0) {
-        puts("usage: ping [-c COUNT] [-s SIZE] [-i MS] [-W SECS] [-vf N] [-a ADDR/PREFIX] ADDR");
+        puts("usage: ping [-c COUNT] [-s SIZE] [-i MS] [-W SECS] [-vf N] [-a ADDR/PREFIX] [-irq] "
+             "ADDR");
         return 2;
     }
     if (size > NET_MTU - 28) {

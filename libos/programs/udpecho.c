@@ -1,6 +1,6 @@
 /* udpecho: a UDP echo server (RFC 862): every datagram goes back to its sender.
  *
- *   udpecho [-p PORT] [-n COUNT] [-t] [-vf N] [-a ADDR/PREFIX] [-- PROGRAM ARGS...]
+ *   udpecho [-p PORT] [-n COUNT] [-t] [-vf N] [-a ADDR/PREFIX] [-irq] [-- PROGRAM ARGS...]
  *
  * Port 7 by default.  Prints "udpecho: listening on ADDR:PORT" when ready and
  * serves until COUNT datagrams are echoed (default: forever, until ^C).
@@ -118,8 +118,8 @@ int main(int argc, char **argv)
             child = argv + i + 1;
             break;
         } else {
-            puts("usage: udpecho [-p PORT] [-n COUNT] [-t] [-vf N] [-a ADDR/PREFIX] "
-                 "[-- PROGRAM ARGS]");
+            puts("usage: udpecho [-p PORT] [-n COUNT] [-t] [-vf N] [-a ADDR/PREFIX] [-irq]\n"
+                 "               [-- PROGRAM ARGS]");
             return 2;
         }
     }

@@ -12,7 +12,21 @@ static int x_send(void *ctx, const void *frame, unsigned len)
 
 static int x_recv(void *ctx, void *buf, unsigned cap) { return nic_recv(ctx, buf, cap); }
 
-static void x_wait(void *ctx, uint64_t timeout_us) { nic_wait(ctx, timeout_us); }
+/* Wait for a frame: spin a little first (a reply often comes within tens of
+ * microseconds, and halting costs an interrupt and a wake-up), then let the
+ * driver wait its way: by interrupt, halting the CPU, if the program asked
+ * for nic_use_interrupts(), else by polling. */
+#define SPIN_US 300
+
+static void x_wait(void *ctx, uint64_t timeout_us)
+{
+    struct nic *n = ctx;
+    uint64_t spin = timeout_us < SPIN_US ? timeout_us : SPIN_US, end = time_us() + spin;
+    while (!nic_rx_pending(n) && time_us() < end)
+        cpu_relax();
+    if (!nic_rx_pending(n) && timeout_us > spin)
+        nic_wait(n, timeout_us - spin);
+}
 
 static uint64_t x_now(void *ctx) { return time_us(); }
 
@@ -52,6 +66,10 @@ int net_opt(struct net_opts *o, int argc, char **argv, int *i)
         o->vf = (unsigned)strtoul(argv[++*i], 0, 0);
         return 1;
     }
+    if (!strcmp(argv[*i], "-irq")) {
+        o->irq = 1;
+        return 1;
+    }
     if (!strcmp(argv[*i], "-a") && *i + 1 < argc) {
         o->addr = argv[++*i];
         return 1;
@@ -72,6 +90,7 @@ int net_start(struct net *n, struct nic_netif *x, const struct net_opts *o, cons
         nic_netif_close(x);
         return -1;
     }
+    nic_use_interrupts(&x->nic, o->irq);
     net_init(n, &x->nif);
     return 0;
 }

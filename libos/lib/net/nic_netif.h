@@ -14,9 +14,10 @@ struct nic_netif {
 long nic_netif_open(struct nic_netif *x, unsigned vf);
 void nic_netif_close(struct nic_netif *x);
 
-/* What the network programs share: parse "-vf N" and "-a ADDR/PREFIX" at
- * argv[*i] (1 if taken, advancing *i), ... */
-struct net_opts { unsigned vf; const char *addr; };
+/* What the network programs share: parse "-vf N", "-a ADDR/PREFIX" and
+ * "-irq" (wait for frames by interrupt, halting the CPU, instead of polling)
+ * at argv[*i] (1 if taken, advancing *i), ... */
+struct net_opts { unsigned vf; const char *addr; int irq; };
 int net_opt(struct net_opts *o, int argc, char **argv, int *i);
 /* ... then open the VF, apply the address and start the stack on it.  Prints
  * why not and returns -1 if it cannot. */
