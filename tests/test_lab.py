@@ -5,6 +5,7 @@ are kept inside one-line strings here so that `lab new` never strips this file.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,12 @@ from conftest import requires_kvm
 from vmm import lab, paths
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def skip_without_gdb(n):
+    """Labs with gdb checks need gdb (CI installs it: .ci/run)."""
+    if any(t.gdb for t in lab.LABS[n].tests) and shutil.which("gdb") is None:
+        pytest.skip(f"lab {n} has gdb checks and gdb is not installed")
 
 
 def xomb(*args, cwd=ROOT, timeout=300):
@@ -144,6 +151,7 @@ def test_a_workspace_has_the_sources_and_lab_ns_stubs_only(tmp_path):
 @pytest.mark.kvm
 @pytest.mark.parametrize("n", sorted(lab.LABS))
 def test_the_solutions_score_full_marks(n):
+    skip_without_gdb(n)
     code, out = xomb("lab", "grade", str(n))
     total = lab.LABS[n].points
     assert f"Score: {total}/{total}" in out, out
@@ -242,6 +250,7 @@ FRESH = {
 @pytest.mark.kvm
 @pytest.mark.parametrize("n", sorted(FRESH))
 def test_a_fresh_workspace_builds_and_fails_exactly_its_exercises_tests(tmp_path, n):
+    skip_without_gdb(n)
     ws = tmp_path / f"lab{n}"
     code, out = xomb("lab", "new", str(n), str(ws))
     assert code == 0, out
@@ -298,6 +307,7 @@ MUTATIONS = [
                          ids=[f"lab{m[0]}" for m in MUTATIONS])
 def test_a_mutated_solution_is_reported_precisely(tmp_path, n, rel, old, new, expect,
                                                   exercise_line):
+    skip_without_gdb(n)
     ws = tmp_path / f"lab{n}"
     solutions_workspace(n, ws)
     mutate(ws / rel, old, new)
@@ -308,3 +318,10 @@ def test_a_mutated_solution_is_reported_precisely(tmp_path, n, rel, old, new, ex
     got, total = score(out)
     lost = sum(t.points for t in lab.LABS[n].tests if any(f"FAIL {t.name}:" in f for f in expect))
     assert (got, total) == (total - lost, lab.LABS[n].points), out
+
+
+def test_a_gdb_check_without_gdb_fails_with_that_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab.shutil, "which", lambda name: None)
+    t = next(t for t in lab.LABS[1].tests if t.gdb)
+    run = lab.run_gdb(tmp_path, t.command, t.gdb, t.timeout)
+    assert lab.check(t, run) == (False, "gdb is not installed (apt-get install gdb)")
