@@ -336,6 +336,28 @@ def test_tcp_active_close_to_time_wait(fuzzlib):
     assert stk.lib.nf_accept_recv() == -1                       # -NET_EAGAIN, not EOF
 
 
+def test_tcp_time_wait_gives_way_when_the_pool_is_full(fuzzlib):
+    """A server that closes first collects TIME_WAITs; new clients still get in."""
+    stk = Stack(fuzzlib)
+    for k in range(12):                     # more than TCP_CONNS (8, one is the listener)
+        sport = 41000 + k
+        iss = handshake(stk, sport=sport)["seq"]
+        assert stk.lib.nf_accept_and_send(b"hi", 2, 1) == 1
+        segs = [parse_tcp(f) for f in stk.drain()]
+        assert segs[-1]["flags"] & FIN
+        stk.tcp_in(sport, 1001, iss + 4, ACK)
+        [a] = stk.tcp_in(sport, 1001, iss + 4, FIN | ACK)
+        assert a["ack"] == 1002
+        stk.advance(1000)                   # the oldest TIME_WAIT is the one to give way
+    states = [stk.lib.nf_tcp_state(i) for i in range(8)]
+    assert states.count(TCP_TIME_WAIT) == 7 and states.count(TCP_LISTEN) == 1
+    # a client reusing its port with a higher ISN reopens it (RFC 1122 4.2.2.13) ...
+    handshake(stk, sport=41011, isn=50000)
+    # ... an old or lower one gets a challenge ACK
+    [a] = stk.tcp_in(41010, 5, 0, SYN)
+    assert a["flags"] == ACK and a["ack"] == 1002
+
+
 RTO, SRTT, RTTVAR, SND_WND, RCV_LEN, SND_LEN, RETRIES = range(7)
 
 

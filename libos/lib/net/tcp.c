@@ -84,18 +84,24 @@ static struct tcp_conn *listener_of(struct net *n, uint16_t lport)
     return 0;
 }
 
+/* A free slot; if there is none, the TIME_WAIT connection closest to its end
+ * (a server that closes first collects them: with a small pool, waiting 2 MSL
+ * for each would refuse new clients, so the oldest gives way). */
 static struct tcp_conn *conn_alloc(struct net *n)
 {
-    for (int i = 0; i < TCP_CONNS; i++) {
-        struct tcp_conn *c = &n->tcp[i];
-        if (c->state == TCP_FREE) {
-            /* the buffers need no clearing: only bytes we wrote are read */
-            memset(c, 0, offsetof(struct tcp_conn, sndbuf));
-            c->state = TCP_CLOSED;
-            return c;
-        }
+    struct tcp_conn *c = 0;
+    for (int i = 0; i < TCP_CONNS && (!c || c->state != TCP_FREE); i++) {
+        struct tcp_conn *k = &n->tcp[i];
+        if (k->state == TCP_FREE ||
+            (k->state == TCP_TIME_WAIT && k->closed && (!c || k->tw_deadline < c->tw_deadline)))
+            c = k;
     }
-    return 0;
+    if (!c)
+        return 0;
+    /* the buffers need no clearing: only bytes we wrote are read */
+    memset(c, 0, offsetof(struct tcp_conn, sndbuf));
+    c->state = TCP_CLOSED;
+    return c;
 }
 
 static void conn_free(struct tcp_conn *c) { c->state = TCP_FREE; }
@@ -590,6 +596,13 @@ void tcp_input(struct net *n, const struct ip_info *ip, const uint8_t *p, unsign
         return;
     }
     struct tcp_conn *c = conn_of(n, ip->src, lport, rport);
+    /* RFC 1122 4.2.2.13: a new SYN beyond what the old connection used may
+     * reopen a connection in TIME_WAIT (a client reusing its port) */
+    if (c && c->state == TCP_TIME_WAIT && (s.flags & (F_SYN | F_ACK | F_RST)) == F_SYN &&
+        seq_gt(s.seq, c->rcv_nxt) && c->closed && listener_of(n, lport)) {
+        conn_free(c);
+        c = 0;
+    }
     if (!c) {
         struct tcp_conn *l = listener_of(n, lport);
         if (!l) {
