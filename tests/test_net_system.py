@@ -202,7 +202,7 @@ def www_image(tmp_path):
 def test_curl_gets_files_from_httpd(www_image, tmp_path):
     img, files = www_image
     with netns() as ns:
-        g = Guest(ns, "--disk", str(img), "httpd", "-n", "5")
+        g = Guest(ns, "--disk", str(img), "httpd", "-n", "6")
         try:
             g.wait_for("httpd: listening on 10.0.2.15:80")
             out = tmp_path / "got"
@@ -214,6 +214,8 @@ def test_curl_gets_files_from_httpd(www_image, tmp_path):
             body = out.read_bytes()
             assert body.startswith(b"HTTP/1.0 200 OK\r\n") and b"Content-Length: 20\r\n" in body
             assert body.endswith(b"\r\n\r\n" + files["index.html"])
+            r = ns.run("curl", "-s", "--max-time", "10", f"http://{GUEST_IP}/")
+            assert r.stdout == files["index.html"].decode()
             codes = []
             for path in ("/missing", "/../index.html"):
                 r = ns.run("curl", "-s", "--max-time", "10", "--path-as-is", "-o", "/dev/null",
@@ -236,8 +238,8 @@ def test_curl_gets_files_from_httpd(www_image, tmp_path):
             rc, text = g.finish()
         finally:
             g.kill()
-    assert rc == 0 and "httpd: served 5 requests" in text, text
-    assert text.count("httpd: 10.0.2.1: 200") == 2 and "httpd: 10.0.2.1: 404" in text, text
+    assert rc == 0 and "httpd: served 6 requests" in text, text
+    assert text.count("httpd: 10.0.2.1: 200") == 3 and "httpd: 10.0.2.1: 404" in text, text
 
 
 @requires_kvm

@@ -6,7 +6,7 @@
  * The request is read with a bound (HTTP_REQ_MAX bytes) and a timeout; a
  * request we cannot parse gets 400, a path the lookup does not know 404.
  * Paths are checked before they reach the file system: absolute, printable,
- * no "..".  httpd (guest) and tools/nethost (host) both serve with this.
+ * no "..".  A path ending in '/' means its index.html.  httpd (guest) and tools/nethost (host) both serve with this.
  */
 #include "net.h"
 #include "string.h"
@@ -131,6 +131,9 @@ int http_serve(struct net *n, struct tcp_conn *c, http_lookup_fn lookup,
         static const char msg[] = "bad request\n";
         return respond(n, c, 400, "text/plain", msg, sizeof(msg) - 1, timeout_us);
     }
+    unsigned k = (unsigned)strlen(path);
+    if (path[k - 1] == '/' && k + 10 < sizeof(path))
+        memcpy(path + k, "index.html", 11);     /* a directory: its index.html */
     const void *data;
     uint64_t size;
     if (lookup(path, &data, &size, ctx) < 0) {
