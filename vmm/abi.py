@@ -52,19 +52,33 @@ DEVTAB_MAX = 8
 DEVT_DISK = 1
 
 # --------------------------------------------------------------------------
-# Self-virtualizing disk (devices/disk.py, docs/DEVICES.md).  VF register page:
+# Every virtual function of a self-virtualizing device (devices/vf.py): its
+# register page, and the words every VF's status page (in the owner's memory)
+# has at the same offsets.  Each device's DS_* / NS_* names alias these.
 # --------------------------------------------------------------------------
-VF_DOORBELL = 0         # any write: "look at my sq_tail" (ioeventfd, never exits)
+VF_DOORBELL = 0         # any write: "look at my queue" (ioeventfd, never exits)
 VF_ENABLE = 8           # u64 write: VA of the status page (setup inside): bind + enable
 VF_DISABLE = 16         # any write: drop the queues and the binding
+VFS_WAITING = 8         # u32 device: 0 awake, else the number of its current sleep:
+                        #   ring VF_DOORBELL after queueing work (once per number)
+VFS_STATE = 12          # u32 device: DSTATE_*
+VFS_FAULTS = 16         # u64 device: IOMMU faults delivered (the polled "upcall")
+VFS_ERRORS = 24         # u64 device: malformed requests so far
+VFS_SETUP_VF_VA = 256   # u64 driver, before VF_ENABLE: where it maps the register page
+VFS_SETUP_FAULT_VA = 288  # u64 driver: fault ring (FAULT_REC-aligned records)
+VFS_SETUP_FAULT_N = 296  # u32 driver: records in the fault ring
+
+# --------------------------------------------------------------------------
+# Self-virtualizing disk (devices/disk.py, docs/DEVICES.md).
+# --------------------------------------------------------------------------
 # Status page (owner's memory, one page; offsets).  Driver writes the DS_SETUP
 # part and DS_SQ_TAIL / DS_CQ_HEAD; the device writes the rest.
 DS_SQ_TAIL = 0          # u32 driver: free-running submission tail
 DS_CQ_HEAD = 4          # u32 driver: free-running completion head (consumed)
-DS_WAITING = 8          # u32 device: 1 = asleep, ring VF_DOORBELL after a submit
-DS_STATE = 12           # u32 device: DSTATE_*
-DS_FAULTS = 16          # u64 device: IOMMU faults so far (the polled "upcall")
-DS_ERRORS = 24          # u64 device: malformed submissions so far
+DS_WAITING = VFS_WAITING
+DS_STATE = VFS_STATE
+DS_FAULTS = VFS_FAULTS
+DS_ERRORS = VFS_ERRORS  # malformed submissions
 DS_NS_BLOCKS = 32       # u64 device: blocks in this VF's namespace
 DS_BLOCK_SIZE = 40      # u32 device
 DS_MAX_BLOCKS = 44      # u32 device: most blocks one command may move
@@ -73,12 +87,12 @@ DS_VF = 52              # u32 device: which VF (endpoint id)
 DS_IRQ = 56             # u32 driver: 1 = interrupt me (device page DEV_DISK_VF0 + vf)
                         #   after completions and faults; 0 = I poll
 DS_SETUP = 256          # driver, before VF_ENABLE:
-DS_SETUP_VF_VA = 256    #   u64 where the driver maps the VF register page
+DS_SETUP_VF_VA = VFS_SETUP_VF_VA
 DS_SETUP_SQ_VA = 264    #   u64 submission queue (QSIZE * 64 bytes)
 DS_SETUP_CQ_VA = 272    #   u64 completion queue (QSIZE * 16 bytes)
 DS_SETUP_QSIZE = 280    #   u32 entries, a power of two, 2..DISK_MAX_QSIZE
-DS_SETUP_FAULT_VA = 288  #  u64 fault ring (FAULT_REC bytes each)
-DS_SETUP_FAULT_N = 296  #   u32 records in the fault ring
+DS_SETUP_FAULT_VA = VFS_SETUP_FAULT_VA
+DS_SETUP_FAULT_N = VFS_SETUP_FAULT_N
 DSTATE_OFF = 0
 DSTATE_READY = 1
 DSTATE_UNBOUND = 2      # the binding failed (see the VMM's iommu log)
@@ -131,17 +145,16 @@ DEVT_NIC = 2
 DEV_NIC_VF0 = 10
 NIC_MAX_VFS = 4
 NIC_MAC_BASE = 0x525400123456       # VF i: this + i (the last byte)
-NIC_DOORBELL = 0        # any write: "my tx_tail moved" (ioeventfd, never exits)
-NIC_ENABLE = 8          # u64 write: VA of the status page (setup inside): bind + enable
-NIC_DISABLE = 16        # any write: unbind
+NIC_DOORBELL = VF_DOORBELL      # "my tx_tail moved"
+NIC_ENABLE = VF_ENABLE
+NIC_DISABLE = VF_DISABLE
 # Status page (owner's memory).  Rings are indexed by free-running u32 counters.
 NS_TX_TAIL = 0          # u32 driver: TX descriptors posted
 NS_RX_TAIL = 4          # u32 driver: RX buffers posted
-NS_WAITING = 8          # u32 device: 0 awake, else the number of its current sleep: ring
-                        #   NIC_DOORBELL after a send, once per sleep number
-NS_STATE = 12           # u32 device: DSTATE_*
-NS_FAULTS = 16          # u64 device: IOMMU faults delivered
-NS_ERRORS = 24          # u64 device: malformed descriptors / doorbells
+NS_WAITING = VFS_WAITING
+NS_STATE = VFS_STATE
+NS_FAULTS = VFS_FAULTS
+NS_ERRORS = VFS_ERRORS  # malformed descriptors / doorbells
 NS_TX_HEAD = 32         # u32 device: TX descriptors done (their status written)
 NS_RX_HEAD = 36         # u32 device: RX descriptors filled (their length written)
 NS_IRQ = 40             # u32 driver: 1 = interrupt me when a frame arrives (I am about to halt)
@@ -155,12 +168,12 @@ NS_TX_PACKETS = 72      # u64 device
 NS_RX_PACKETS = 80      # u64 device
 NS_RX_DROPS = 88        # u64 device: frames for us dropped (no buffer posted, too big)
 NS_SPOOFED = 96         # u64 device: frames we sent with a source MAC not ours (dropped)
-NS_SETUP_VF_VA = 256    # driver, before NIC_ENABLE: u64 where it maps the register page
+NS_SETUP_VF_VA = VFS_SETUP_VF_VA
 NS_SETUP_TX_VA = 264    #   u64 TX ring (QSIZE * NDESC_SIZE)
 NS_SETUP_RX_VA = 272    #   u64 RX ring
 NS_SETUP_QSIZE = 280    #   u32 entries per ring, a power of two, 2..NIC_MAX_QSIZE
-NS_SETUP_FAULT_VA = 288  #  u64 fault ring (FAULT_REC records)
-NS_SETUP_FAULT_N = 296  #   u32 records
+NS_SETUP_FAULT_VA = VFS_SETUP_FAULT_VA
+NS_SETUP_FAULT_N = VFS_SETUP_FAULT_N
 NIC_MAX_QSIZE = 1024
 NIC_MTU_FRAME = 1514    # largest frame without FCS
 NIC_MIN_FRAME = 14      # an Ethernet header
