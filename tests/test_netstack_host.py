@@ -49,7 +49,7 @@ TCP_FIN_WAIT_1, TCP_FIN_WAIT_2, TCP_CLOSING, TCP_TIME_WAIT, TCP_CLOSE_WAIT, TCP_
 STATS = ["rx_frames", "tx_frames", "tx_errors", "drop_runt", "drop_not_for_us", "drop_bad_ip",
          "drop_ip_csum", "drop_fragment", "drop_bad_udp", "drop_bad_tcp", "drop_bad_icmp",
          "drop_no_port", "drop_arp_full", "tcp_rst_sent", "tcp_retransmits",
-         "tcp_out_of_order", "tcp_out_of_window"]
+         "tcp_out_of_order", "tcp_out_of_window", "tcp_fast_retransmits"]
 
 
 def _sources() -> list[str]:
@@ -382,6 +382,25 @@ def test_tcp_rto_follows_rfc6298(fuzzlib):
         assert steps <= 20
     assert steps == 6                                           # 300 ms
     assert stk.lib.nf_conn(1, RTO) == 600_000                   # backed off
+
+
+def test_tcp_fast_retransmit_on_the_third_duplicate_ack(fuzzlib):
+    stk = Stack(fuzzlib)
+    iss = handshake(stk)["seq"]
+    body = os.urandom(5000)
+    assert stk.lib.nf_accept_and_send(body, len(body), 0) == 1
+    segs = [parse_tcp(f) for f in stk.drain()]
+    assert [len(s["data"]) for s in segs] == [1460, 1460, 1460, 620]
+    # the first segment arrived, the second was lost: every later one makes a duplicate ACK
+    assert stk.tcp_in(40000, 1001, iss + 1 + 1460, ACK) == []
+    assert stk.tcp_in(40000, 1001, iss + 1 + 1460, ACK) == []
+    assert stk.tcp_in(40000, 1001, iss + 1 + 1460, ACK) == []
+    [again] = stk.tcp_in(40000, 1001, iss + 1 + 1460, ACK)      # the third duplicate
+    assert again["seq"] == iss + 1 + 1460 and again["data"] == body[1460:2920]
+    assert stk.stat("tcp_fast_retransmits") == 1
+    assert stk.tcp_in(40000, 1001, iss + 1 + 1460, ACK) == []   # only once
+    assert stk.tcp_in(40000, 1001, iss + 1 + 5000, ACK) == []   # everything arrived
+    assert stk.lib.nf_conn(1, SND_LEN) == 0
 
 
 def test_tcp_zero_window_probe_and_window_update(fuzzlib):

@@ -292,10 +292,10 @@ int main(int argc, char **argv)
     struct net_stats *s = &net.stats;
     printf("nethost: stop: rx %lu tx %lu http %lu udp %lu; dropped runt %lu bad_ip %lu "
            "ip_csum %lu lost %lu fragment %lu bad_tcp %lu bad_udp %lu bad_icmp %lu no_port %lu; "
-           "tcp rst %lu retransmits %lu out_of_order %lu out_of_window %lu\n",
+           "tcp rst %lu retransmits %lu fast %lu out_of_order %lu out_of_window %lu\n",
            s->rx_frames, s->tx_frames, http_served, udp_echoed, s->drop_runt, s->drop_bad_ip,
            s->drop_ip_csum, lost_frames, s->drop_fragment, s->drop_bad_tcp, s->drop_bad_udp,
            s->drop_bad_icmp, s->drop_no_port, s->tcp_rst_sent, s->tcp_retransmits,
-           s->tcp_out_of_order, s->tcp_out_of_window);
+           s->tcp_fast_retransmits, s->tcp_out_of_order, s->tcp_out_of_window);
     return 0;
 }

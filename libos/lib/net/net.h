@@ -151,6 +151,7 @@ struct tcp_conn {
     uint64_t rto_deadline;          /* 0: stopped */
     uint32_t rto_us, srtt_us, rttvar_us;
     uint32_t retries;               /* timeouts since the last progress */
+    uint32_t dupacks;               /* duplicate ACKs in a row (fast retransmit at 3) */
     uint8_t rtt_timing;             /* timing the segment ending at rtt_seq */
     uint32_t rtt_seq;
     uint64_t rtt_start;
@@ -168,6 +169,7 @@ struct net_stats {
     uint64_t drop_runt, drop_not_for_us, drop_bad_ip, drop_ip_csum, drop_fragment;
     uint64_t drop_bad_udp, drop_bad_tcp, drop_bad_icmp, drop_no_port, drop_arp_full;
     uint64_t tcp_rst_sent, tcp_retransmits, tcp_out_of_order, tcp_out_of_window;
+    uint64_t tcp_fast_retransmits;      /* (also counted in tcp_retransmits) */
 };
 
 struct ping_state {         /* the one outstanding echo request of icmp_ping() */

@@ -33,12 +33,14 @@
  *                 FIN after the last byte; arms the retransmission timer
  *   tcp_timer()   the retransmission timeout: back off, go back to snd_una
  *                 and send again (go-back-N); TIME_WAIT expiry
+ *   process_ack() also: fast retransmit on the third duplicate ACK
  *
  * Simplifications, on purpose (docs/NETWORK.md):
  *   - out-of-order segments are dropped (and a duplicate ACK sent): the
  *     peer retransmits them in order;
- *   - no congestion control (no slow start, no fast retransmit): we send
- *     as much as the peer's window allows;
+ *   - no congestion control (no slow start, no congestion window): we
+ *     send as much as the peer's window allows; fast retransmit on the
+ *     third duplicate ACK, but no fast recovery;
  *   - every data segment is acknowledged at once (no delayed ACKs), no
  *     Nagle, no window scaling or timestamps, no urgent data;
  *   - the ISN is a hash of the connection and a secret plus a clock
@@ -510,6 +512,22 @@ static int process_ack(struct net *n, struct tcp_conn *c, const struct ip_info *
     if (seq_gt(s->ack, c->snd_max)) {   /* acknowledges what we never sent */
         send_ack(n, c);
         return -1;
+    }
+    /* Fast retransmit (RFC 5681 3.2, without the congestion window): the
+     * third duplicate ACK (nothing new acknowledged, no data, same window,
+     * data in flight) says a segment was lost while later ones arrived:
+     * send the oldest one again now instead of waiting for the timer. */
+    if (s->ack == c->snd_una && !s->len && !(s->flags & (F_SYN | F_FIN)) &&
+        s->wnd == c->snd_wnd && c->snd_nxt != c->snd_una && c->snd_len) {
+        if (++c->dupacks == 3) {
+            send_segment(n, c, c->snd_una, F_ACK, 0, c->snd_len < c->mss ? c->snd_len : c->mss);
+            c->rtt_timing = 0;          /* Karn */
+            c->retransmits++;
+            n->stats.tcp_retransmits++;
+            n->stats.tcp_fast_retransmits++;
+        }
+    } else if (seq_gt(s->ack, c->snd_una)) {
+        c->dupacks = 0;
     }
     if (seq_gt(s->ack, c->snd_una)) {
         uint32_t acked = s->ack - c->snd_una;
