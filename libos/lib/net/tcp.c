@@ -514,11 +514,11 @@ static int process_ack(struct net *n, struct tcp_conn *c, const struct ip_info *
         return -1;
     }
     /* Fast retransmit (RFC 5681 3.2, without the congestion window): the
-     * third duplicate ACK (nothing new acknowledged, no data, same window,
-     * data in flight) says a segment was lost while later ones arrived:
+     * third duplicate ACK (nothing new acknowledged, no data, same open
+     * window, data in flight) says a segment was lost while later ones arrived:
      * send the oldest one again now instead of waiting for the timer. */
     if (s->ack == c->snd_una && !s->len && !(s->flags & (F_SYN | F_FIN)) &&
-        s->wnd == c->snd_wnd && c->snd_nxt != c->snd_una && c->snd_len) {
+        s->wnd == c->snd_wnd && s->wnd && c->snd_nxt != c->snd_una && c->snd_len) {
         if (++c->dupacks == 3) {
             send_segment(n, c, c->snd_una, F_ACK, 0, c->snd_len < c->mss ? c->snd_len : c->mss);
             c->rtt_timing = 0;          /* Karn */
