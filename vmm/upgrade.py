@@ -195,10 +195,10 @@ class Upgrader:
                                    "overwritten): detach it first")
             symbols = self._symbols_of(new)        # before the pause: it takes ~0.3 ms
             was_paused = self.m.paused              # by a debugger or the console: stay so
-            tries, t_paused, points = self._pause_at_safe_point(old, was_paused)
+            tries, t_paused, points, tester = self._pause_at_safe_point(old, was_paused)
             try:
                 saved = self._install(old, new)
-                code, why = self._selftest(new)
+                code, why = self._selftest(tester, new)
                 if code != 0:
                     self._restore(saved)
                     res = UpgradeResult("rolled back", old.version, new.version, 0.0, 0.0,
@@ -233,13 +233,19 @@ class Upgrader:
             return f"(no symbol file for gdb: {e})"
         return f"gdb: symbol-file {out}"
 
-    def _pause_at_safe_point(self, old: KernelImage, was_paused: bool) -> tuple[int, float, list]:
+    def _pause_at_safe_point(self, old: KernelImage, was_paused: bool):
+        """Pause until every vCPU is at a safe point and one of them can run the
+        self-test: saving and restoring its state around the test must lose nothing.
+        Returns (tries, time paused, safe point per vCPU, the tester)."""
         halted = old.symbols["yield_halted"]
         where = ""
         for attempt in range(1, 2 if was_paused else SAFE_POINT_TRIES + 1):
             if not self.m.pause(timeout=2.0):
                 self.m.resume()
-                raise UpgradeError("the vCPUs did not stop (is the machine running?)")
+                if self.m.stopping or not getattr(self.m, "_in_loop", True):
+                    raise UpgradeError(f"the machine is not running "
+                                       f"({self.m.stop_reason or 'it has not started'})")
+                raise UpgradeError("the vCPUs did not stop within 2 s")
             t_paused = time.perf_counter()
             busy, points = [], []
             for v in self.m.vcpus:
@@ -249,7 +255,12 @@ class Upgrader:
                 if not user and rip != halted:
                     busy.append(f"vCPU {v.index} at {self.m.symbols.describe(rip)}")
             if not busy:
-                return attempt, t_paused, points
+                order = sorted(self.m.vcpus, key=lambda v: points[v.index] == "user")
+                tester = next((v for v in order if self._can_test_on(v, points[v.index])),
+                              None)
+                if tester is not None:
+                    return attempt, t_paused, points, tester
+                busy.append("every vCPU has an event half-delivered")
             where = ", ".join(busy)
             if was_paused:
                 raise UpgradeError(f"the machine is paused with {where} in the kernel: "
@@ -306,13 +317,13 @@ class Upgrader:
         self.m.symbols = symbols
         self.m.kernel_image = new
 
-    def _selftest(self, new: KernelImage) -> tuple[int, str]:
-        """Run the new kernel's kernel_selftest on vCPU 0, on that vCPU's own thread
+    def _selftest(self, v, new: KernelImage) -> tuple[int, str]:
+        """Run the new kernel's kernel_selftest on vCPU v, on that vCPU's own thread
         (Machine.run_parked), and put the vCPU back.  Returns (0, "") or (the failed
         check or -1, why)."""
-        # Any vCPU will do: user mode has an empty kernel stack, a halted one only its
-        # syscall frame at the top; the test runs well below either.
-        v = self.m.vcpus[0]
+        # A halted vCPU is preferred (it is in ring 0 already); a vCPU in user mode
+        # has an empty kernel stack, a halted one only its syscall frame at the top:
+        # the test runs well below either.
         if getattr(self.m, "_in_loop", False):
             return self.m.run_parked(v, lambda: self._selftest_on(v, new),
                                      timeout=SELFTEST_TIMEOUT + 3)
@@ -375,6 +386,23 @@ class Upgrader:
             v.set_vcpu_events(events)
             v.set_mp_state(mp)
             v.thread_ident = owner
+
+    def _can_test_on(self, v, point: str) -> bool:
+        """No event half-delivered on v.  KVM reports and restores exceptions, interrupts
+        and NMIs (KVM_GET/SET_VCPU_EVENTS), but not a *software* exception (int3, int n,
+        into): it expects rip to still point at the instruction.  On PVM a ring-3 int3
+        -- the syscall gate -- has already advanced rip when we pause, and rewriting the
+        registers drops the queued #BP: the process would run on past the gate.  So a
+        vCPU in user mode just after such an instruction is not used."""
+        e = v.get_vcpu_events()
+        if e.exception.injected or e.exception.pending or e.interrupt.injected \
+                or e.nmi.injected or e.nmi.pending:
+            return False
+        if point != "user":
+            return True
+        rip = v.get_regs().rip
+        before = self.m.mem.read_virt(v.get_sregs().cr3, rip - 2, 2) if rip >= 2 else None
+        return before is not None and before[1] not in (0xCC, 0xCE) and before[0] != 0xCD
 
 
 def upgrader_for(machine) -> Upgrader:
