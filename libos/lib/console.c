@@ -73,7 +73,19 @@ int getchar(void)
 
 int console_take_interrupt(void)
 {
-    int c = pushed_back >= 0 ? pushed_back : platform_getc_nowait();
+    if (pushed_back == 3) {
+        pushed_back = -1;
+        return 1;
+    }
+    /* Look for ^C anywhere in what was typed, without taking other bytes: the
+     * program the shell runs reads the same ring, and its input must reach it.
+     * Like a terminal's interrupt character, ^C discards what was typed before. */
+    int r = platform_take_byte(3);
+    if (r >= 0)
+        return r;
+    if (pushed_back >= 0)               /* a UART cannot be looked into: take one */
+        return 0;
+    int c = platform_getc_nowait();
     pushed_back = c == 3 ? -1 : c;
     return c == 3;
 }

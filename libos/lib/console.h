@@ -10,8 +10,9 @@ void console_flush(void);
 /* If set, console_write() hands its bytes here instead (xsh redirection). */
 extern void (*console_capture)(const char *s, size_t n);
 int getchar(void);                      /* blocks (polls) for one byte */
-/* 1 (and the byte is consumed) if the next input byte is ^C; else 0, and
- * the byte stays for getchar().  Never waits. */
+/* 1 if ^C was typed (it is consumed, with whatever was typed before it,
+ * as a terminal's interrupt character); else 0, and the input stays for
+ * getchar() -- ours or a child's.  Never waits. */
 int console_take_interrupt(void);
 /* Read a line with echo and backspace; no newline stored.  Returns its
  * length, or -1 on end of input (^D on an empty line). */

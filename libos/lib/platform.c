@@ -86,6 +86,23 @@ int platform_getc_nowait(void)
     return c;
 }
 
+int platform_take_byte(int want)
+{
+    if (!have_rings() || !vm_mapped(XOMB_CONSOLE_IN_VA))
+        return -1;
+    struct ring *r = RING(XOMB_CONSOLE_IN_VA);
+    uint32_t head = r->head, tail = r->tail;
+    compiler_barrier();
+    for (uint32_t i = head; i != tail; i++) {
+        if (RING_BYTES(XOMB_CONSOLE_IN_VA)[i % XOMB_RING_SIZE] == (unsigned char)want) {
+            compiler_barrier();
+            r->head = i + 1;            /* the byte and everything typed before it */
+            return 1;
+        }
+    }
+    return 0;
+}
+
 void platform_console_flush(void)
 {
     if (have_rings()) {

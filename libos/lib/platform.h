@@ -7,6 +7,10 @@
 /* Console bytes, whatever the platform. */
 void platform_putc_raw(const char *buf, unsigned long n);  /* blocks while full */
 int platform_getc_nowait(void);        /* -1 when nothing is there */
+/* If byte `want` is in the console input ring, consume it and everything
+ * before it: 1; not there: 0, nothing consumed; -1: no ring to look into
+ * (the QEMU UART). */
+int platform_take_byte(int want);
 void platform_console_flush(void);     /* let the host see what is written */
 void platform_console_drain(void);     /* wait (bounded) until the host took it */
 
