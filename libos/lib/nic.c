@@ -85,6 +85,12 @@ long nic_open(struct nic *n, unsigned vf)
 
 void nic_close(struct nic *n)
 {
+    /* Frames still in the TX ring go out first (a bounded wait: a device that
+     * unbound us, or a broken link, must not hang the close). */
+    uint64_t end = time_us() + NIC_CLOSE_DRAIN_US;
+    while (n->regs && NS32(n, XOMB_NS_TX_HEAD) != n->tx_tail &&
+           NS32(n, XOMB_NS_STATE) == XOMB_DSTATE_READY && time_us() < end)
+        cpu_relax();
     if (n->regs)
         *(volatile uint32_t *)(n->regs + XOMB_NIC_DISABLE) = 1;
     n->regs = 0;

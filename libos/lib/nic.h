@@ -57,6 +57,8 @@ struct nic {
 
 /* Bind VF `vf`, whose register page this process was granted (see nic_grant_all), with rings in our own memory.  0 or a negative XE_* error. */
 long nic_open(struct nic *n, unsigned vf);
+/* Unbind, after the TX ring has drained (at most NIC_CLOSE_DRAIN_US). */
+#define NIC_CLOSE_DRAIN_US 200000
 void nic_close(struct nic *n);
 /* Queue one frame (copied; the source MAC must be ours): 0, or negative if it is too long or the TX ring is full. */
 int nic_send(struct nic *n, const void *frame, unsigned len);

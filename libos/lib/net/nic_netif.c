@@ -58,17 +58,9 @@ long nic_netif_open(struct nic_netif *x, unsigned vf)
     return 0;
 }
 
-/* nic_close() unbinds the VF at once: frames still in the TX ring would be
- * lost (the last echo, the last ACK).  Give the device a moment to send them. */
-#define CLOSE_DRAIN_US 200000
-
 void nic_netif_close(struct nic_netif *x)
 {
-    struct nic *n = &x->nic;
-    uint64_t end = time_us() + CLOSE_DRAIN_US;
-    while (n->regs && NS32(n, XOMB_NS_TX_HEAD) != n->tx_tail && time_us() < end)
-        cpu_relax();
-    nic_close(n);
+    nic_close(&x->nic);                 /* drains the TX ring first */
 }
 
 int net_opt(struct net_opts *o, int argc, char **argv, int *i)
