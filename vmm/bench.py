@@ -660,6 +660,19 @@ def main(args) -> int:
         print(netbench.format_rows(result["nic"]))
     except Exception as exc:            # never lose the other rows over the NIC
         err.print(f"xomb-vmm bench: nic rows skipped: {exc}")
+    try:                                # host <-> guest over a TAP vs a veth pair (issue 5)
+        from vmm import netbench_host
+        why = netbench_host.skip_reason(args.kvm_device)
+        if why:
+            err.print(f"xomb-vmm bench: host <-> guest network rows skipped: {why}")
+        else:
+            err.print("[dim]xomb-vmm bench: net: host <-> guest over a TAP vs two namespaces "
+                      "joined by a veth pair ...[/dim]")
+            result["net_host"] = netbench_host.host_bench_rows(quick=args.quick,
+                                                               kvm_path=args.kvm_device)
+            print(netbench_host.format_rows(result["net_host"]))
+    except Exception as exc:            # never lose the other rows over the network
+        err.print(f"xomb-vmm bench: host <-> guest network rows skipped: {exc}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
