@@ -168,6 +168,8 @@ def test_broken_kernels_are_refused_or_rolled_back_and_the_system_keeps_running(
         "selftest.s", "kernel_selftest:\n", "kernel_selftest:\n    ud2\n"))
     failing = variant(tmp_path, "fail", "xomb failing", (    # expects a KINFO it lacks
         "selftest.s", "    mov rdx, KINFO_MAGIC\n", "    mov rdx, 0x1234\n"))
+    hanging = variant(tmp_path, "hang", "xomb hanging", (
+        "selftest.s", "kernel_selftest:\n", "kernel_selftest:\n    jmp kernel_selftest\n"))
     syntax = variant(tmp_path, "syntax", "xomb syntax", ("syscall.s", "yield_halted:",
                                                          "yield_halted: bogus rax, rax\n"))
     n = 300
@@ -181,6 +183,8 @@ def test_broken_kernels_are_refused_or_rolled_back_and_the_system_keeps_running(
         assert res.action == "rolled back" and "faulted (vector 6)" in res.message, res.text()
         res = up.upgrade(failing)
         assert res.action == "rolled back" and "check 1 failed" in res.message, res.text()
+        res = up.upgrade(hanging)                   # the watchdog stops it after 2 s
+        assert res.action == "rolled back" and "it hung" in res.message, res.text()
         assert upgrade.read_kinfo(r.m.mem)["version"] == "xomb 1.0" == up.current.version
         assert up.history == []
         with pytest.raises(upgrade.UpgradeError, match="no previous kernel"):

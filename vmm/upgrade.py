@@ -170,6 +170,9 @@ class Upgrader:
         self.history: list[KernelImage] = []
         self.lock = threading.Lock()
         self.results: list[UpgradeResult] = []
+        self.lstar: dict[int, int] = {}     # vCPU -> LSTAR, read once
+        self._symbol_maps: dict = {}
+        self.watchdog = _Watchdog()
 
     # -- the commands ------------------------------------------------------
     def upgrade(self, spec: str | Path | KernelImage) -> UpgradeResult:
@@ -195,10 +198,10 @@ class Upgrader:
                                    "overwritten): detach it first")
             symbols = self._symbols_of(new)        # before the pause: it takes ~0.3 ms
             was_paused = self.m.paused              # by a debugger or the console: stay so
-            tries, t_paused, points, tester = self._pause_at_safe_point(old, was_paused)
+            tries, t_paused, points, tester, snap = self._pause_at_safe_point(old, was_paused)
             try:
-                saved = self._install(old, new)
-                code, why = self._selftest(tester, new)
+                saved = self._install(old, new, snap)
+                code, why = self._selftest(tester, new, snap[tester.index])
                 if code != 0:
                     self._restore(saved)
                     res = UpgradeResult("rolled back", old.version, new.version, 0.0, 0.0,
@@ -236,7 +239,8 @@ class Upgrader:
     def _pause_at_safe_point(self, old: KernelImage, was_paused: bool):
         """Pause until every vCPU is at a safe point and one of them can run the
         self-test: saving and restoring its state around the test must lose nothing.
-        Returns (tries, time paused, safe point per vCPU, the tester)."""
+        Returns (tries, time paused, safe point per vCPU, the tester, and each vCPU's
+        (regs, sregs) as read at the safe point)."""
         halted = old.symbols["yield_halted"]
         where = ""
         for attempt in range(1, 2 if was_paused else SAFE_POINT_TRIES + 1):
@@ -247,19 +251,19 @@ class Upgrader:
                                        f"({self.m.stop_reason or 'it has not started'})")
                 raise UpgradeError("the vCPUs did not stop within 2 s")
             t_paused = time.perf_counter()
-            busy, points = [], []
+            busy, points, snap = [], [], {}
             for v in self.m.vcpus:
-                rip = v.get_regs().rip
-                user = v.get_sregs().cs.selector & 3 == 3
+                regs, sregs = snap[v.index] = v.get_regs(), v.get_sregs()
+                user = sregs.cs.selector & 3 == 3
                 points.append("user" if user else "halted")
-                if not user and rip != halted:
-                    busy.append(f"vCPU {v.index} at {self.m.symbols.describe(rip)}")
+                if not user and regs.rip != halted:
+                    busy.append(f"vCPU {v.index} at {self.m.symbols.describe(regs.rip)}")
             if not busy:
                 order = sorted(self.m.vcpus, key=lambda v: points[v.index] == "user")
-                tester = next((v for v in order if self._can_test_on(v, points[v.index])),
+                tester = next((v for v in order if self._can_test_on(v, *snap[v.index])),
                               None)
                 if tester is not None:
-                    return attempt, t_paused, points, tester
+                    return attempt, t_paused, points, tester, snap
                 busy.append("every vCPU has an event half-delivered")
             where = ", ".join(busy)
             if was_paused:
@@ -270,7 +274,7 @@ class Upgrader:
         raise UpgradeError(f"no safe point after {SAFE_POINT_TRIES} tries (last: {where} in "
                            f"the kernel); nothing was changed")
 
-    def _install(self, old: KernelImage, new: KernelImage) -> _Saved:
+    def _install(self, old: KernelImage, new: KernelImage, snap: dict) -> _Saved:
         mem, s = self.m.mem, _Saved()
         for pa, n in (CODE, IDT, KINFO, GATE_KINFO):
             s.bytes[(pa, n)] = bytes(mem.read(pa, n))
@@ -279,15 +283,17 @@ class Upgrader:
             mem.write(pa, new.image[off:off + n])
         halted, entry = old.symbols["yield_halted"], old.symbols["syscall_entry"]
         for v in self.m.vcpus:
-            regs = v.get_regs()
-            if regs.rip == halted and v.get_sregs().cs.selector & 3 == 0:
+            regs, sregs = snap[v.index]
+            if regs.rip == halted and sregs.cs.selector & 3 == 0:
                 s.rips[v.index] = regs.rip
-                regs.rip = new.symbols["yield_halted"]
+                regs.rip = new.symbols["yield_halted"]     # (the snapshot follows)
                 v.set_regs(regs)
-            lstar = v.get_msrs([MSR_LSTAR]).get(MSR_LSTAR)
-            if lstar == entry:              # VMX/SVM/QEMU: LSTAR is the kernel's entry
-                s.lstar[v.index] = lstar    # (PVM: the gate page, which does not move)
+            if v.index not in self.lstar:   # only the kernel's boot and we write LSTAR
+                self.lstar[v.index] = v.get_msrs([MSR_LSTAR]).get(MSR_LSTAR)
+            if self.lstar[v.index] == entry:    # VMX/SVM/QEMU: the kernel's entry (PVM:
+                s.lstar[v.index] = entry        # the gate page, which does not move)
                 v.set_msrs({MSR_LSTAR: new.symbols["syscall_entry"]})
+                self.lstar[v.index] = new.symbols["syscall_entry"]
         return s
 
     def _restore(self, s: _Saved) -> None:
@@ -300,13 +306,19 @@ class Upgrader:
                 v.set_regs(regs)
             if v.index in s.lstar:
                 v.set_msrs({MSR_LSTAR: s.lstar[v.index]})
+                self.lstar[v.index] = s.lstar[v.index]
 
     def _symbols_of(self, new: KernelImage):
-        from vmm.dump import Symbols
-        progs = {k: v for k, v in getattr(self.m.boot, "symbols", {}).items() if ":" in k}
-        syms = Symbols({**progs, **new.symbols})
-        syms.lookup(0)                      # sort now, not at the first lookup
-        return syms
+        """The machine's symbol map with `new`'s kernel symbols (kept per kernel:
+        sorting ~6000 symbols takes longer than the whole pause)."""
+        key = (new.digest, new.version)
+        if key not in self._symbol_maps:
+            from vmm.dump import Symbols
+            progs = {k: v for k, v in getattr(self.m.boot, "symbols", {}).items() if ":" in k}
+            syms = Symbols({**progs, **new.symbols})
+            syms.lookup(0)                  # sort now, not at the first lookup
+            self._symbol_maps[key] = syms
+        return self._symbol_maps[key]
 
     def _adopt(self, old: KernelImage, new: KernelImage, rollback: bool, symbols) -> None:
         if rollback:
@@ -317,49 +329,42 @@ class Upgrader:
         self.m.symbols = symbols
         self.m.kernel_image = new
 
-    def _selftest(self, v, new: KernelImage) -> tuple[int, str]:
+    def _selftest(self, v, new: KernelImage, state) -> tuple[int, str]:
         """Run the new kernel's kernel_selftest on vCPU v, on that vCPU's own thread
         (Machine.run_parked), and put the vCPU back.  Returns (0, "") or (the failed
         check or -1, why)."""
-        # A halted vCPU is preferred (it is in ring 0 already); a vCPU in user mode
-        # has an empty kernel stack, a halted one only its syscall frame at the top:
-        # the test runs well below either.
         if getattr(self.m, "_in_loop", False):
-            return self.m.run_parked(v, lambda: self._selftest_on(v, new),
+            return self.m.run_parked(v, lambda: self._selftest_on(v, new, state),
                                      timeout=SELFTEST_TIMEOUT + 3)
-        return self._selftest_on(v, new)
+        return self._selftest_on(v, new, state)
 
-    def _selftest_on(self, v, new: KernelImage) -> tuple[int, str]:
+    def _selftest_on(self, v, new: KernelImage, state) -> tuple[int, str]:
+        """`state` is v's (regs, sregs) at the safe point.  A halted tester is in ring 0
+        already; one in user mode gets the kernel's segments for the test.  Either has
+        nothing on its kernel stack below the syscall frame at the top, and no event
+        pending (_can_test_on): interrupts are off, so nothing is delivered into the test."""
         from vmm._kvm_cffi import lib
-        from vmm.vcpu import kick
-        regs, sregs = v.get_regs(), v.get_sregs()
-        events, mp = v.get_vcpu_events(), v.get_mp_state()
-        owner = v.thread_ident
-        t = self.m.vcpus.index(v)
+        regs, sregs = state
+        user = sregs.cs.selector & 3 == 3
+        mp = None if user else v.get_mp_state()
         try:
             r = v.get_regs()
             r.rip = new.symbols["kernel_selftest"]
-            r.rsp = new.stack_tops[t] - 0x1000
+            r.rsp = new.stack_tops[v.index] - 0x1000
             r.rflags = 0x2                  # interrupts off
             v.set_regs(r)
-            sr = v.get_sregs()
-            for seg, sel, code in ((sr.cs, abi.GDT_KCS, True), (sr.ss, abi.GDT_KDS, False)):
-                seg.selector, seg.dpl, seg.base, seg.limit, seg.present, seg.s = sel, 0, 0, \
-                    0xFFFF_FFFF, 1, 1
-                seg.type, seg.l, seg.db, seg.g, seg.unusable = (0xB, 1, 0, 1, 0) if code \
-                    else (0x3, 0, 1, 1, 0)
-            v.set_sregs(sr)
-            ev = v.get_vcpu_events()        # nothing pending may be delivered into the test
-            ev.exception.injected = ev.exception.pending = 0
-            ev.interrupt.injected = ev.nmi.injected = ev.nmi.pending = 0
-            ev.flags = 0
-            v.set_vcpu_events(ev)
-            v.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
+            if user:
+                sr = v.get_sregs()
+                for seg, sel, code in ((sr.cs, abi.GDT_KCS, True), (sr.ss, abi.GDT_KDS, False)):
+                    seg.selector, seg.dpl, seg.base, seg.limit, seg.present, seg.s = sel, 0, 0, \
+                        0xFFFF_FFFF, 1, 1
+                    seg.type, seg.l, seg.db, seg.g, seg.unusable = (0xB, 1, 0, 1, 0) if code \
+                        else (0x3, 0, 1, 1, 0)
+                v.set_sregs(sr)
+            elif mp != lib.KVM_MP_STATE_RUNNABLE:
+                v.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
             v.immediate_exit = 0
-            timer = threading.Timer(SELFTEST_TIMEOUT, kick, (v,))
-            timer.daemon = True
-            deadline = time.monotonic() + SELFTEST_TIMEOUT
-            timer.start()
+            self.watchdog.arm(v, SELFTEST_TIMEOUT)
             try:
                 while True:
                     reason = v.run()
@@ -371,23 +376,23 @@ class Upgrader:
                         if port == abi.PANIC_PORT:
                             return -1, f"it faulted (vector {data[0]})"
                         return -1, f"unexpected port write {port:#x}"
-                    if reason == lib.KVM_EXIT_INTR and time.monotonic() < deadline:
+                    if reason == lib.KVM_EXIT_INTR and not self.watchdog.fired:
                         v.immediate_exit = 0
                         continue
                     from vmm.kvm import exit_name
                     return -1, ("it hung" if reason == lib.KVM_EXIT_INTR
                                 else f"it stopped with {exit_name(reason)}")
             finally:
-                timer.cancel()
+                self.watchdog.disarm()
                 v.immediate_exit = 0
         finally:
-            v.set_sregs(sregs)
+            if user:
+                v.set_sregs(sregs)
             v.set_regs(regs)
-            v.set_vcpu_events(events)
-            v.set_mp_state(mp)
-            v.thread_ident = owner
+            if mp is not None and mp != lib.KVM_MP_STATE_RUNNABLE:
+                v.set_mp_state(mp)
 
-    def _can_test_on(self, v, point: str) -> bool:
+    def _can_test_on(self, v, regs, sregs) -> bool:
         """No event half-delivered on v.  KVM reports and restores exceptions, interrupts
         and NMIs (KVM_GET/SET_VCPU_EVENTS), but not a *software* exception (int3, int n,
         into): it expects rip to still point at the instruction.  On PVM a ring-3 int3
@@ -398,11 +403,50 @@ class Upgrader:
         if e.exception.injected or e.exception.pending or e.interrupt.injected \
                 or e.nmi.injected or e.nmi.pending:
             return False
-        if point != "user":
+        if sregs.cs.selector & 3 != 3:
             return True
-        rip = v.get_regs().rip
-        before = self.m.mem.read_virt(v.get_sregs().cr3, rip - 2, 2) if rip >= 2 else None
+        rip = regs.rip
+        before = self.m.mem.read_virt(sregs.cr3, rip - 2, 2) if rip >= 2 else None
         return before is not None and before[1] not in (0xCC, 0xCE) and before[0] != 0xCD
+
+
+class _Watchdog:
+    """Kicks a vCPU whose self-test runs too long (one thread for every upgrade: starting
+    a thread per test would cost more than the test)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.vcpu, self.deadline, self.fired = None, 0.0, False
+        self.thread = None
+
+    def arm(self, vcpu, seconds: float) -> None:
+        with self.cond:
+            self.vcpu, self.deadline, self.fired = vcpu, time.monotonic() + seconds, False
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="upgrade-watchdog",
+                                               daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def disarm(self) -> None:
+        with self.cond:
+            self.vcpu = None
+            self.cond.notify()
+
+    def _run(self) -> None:
+        from vmm.vcpu import kick
+        with self.cond:
+            while True:
+                if self.vcpu is None:
+                    self.cond.wait()
+                    continue
+                left = self.deadline - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                self.fired = True
+                kick(self.vcpu)
+                self.vcpu = None
 
 
 def upgrader_for(machine) -> Upgrader:
