@@ -16,7 +16,6 @@ import ctypes.util
 import os
 import struct
 import threading
-import time
 
 from vmm import abi
 from devices.base import _block_signals, device_thread
@@ -29,7 +28,6 @@ _U16 = struct.Struct("<H")
 _LABEL = struct.Struct("<QII")
 _ENABLED = struct.Struct("<IIIIQQQIIII")     # status page from DS_SQ_TAIL to DS_VF
 BS = abi.DISK_BLOCK
-SPIN_S = 0.0002             # keep polling this long after the queue empties
 # A batch moving this much runs its I/O on a small thread pool -- only with CPUs to spare:
 # on a 2-CPU host (one spinning vCPU) the pool costs more than it overlaps.
 PARALLEL_BYTES = 256 << 10 if (os.cpu_count() or 1) >= 4 else 1 << 62
@@ -153,12 +151,7 @@ class Disk(VfDevice):
             if vf.stalled:              # completion queue full: poll gently
                 self._stop.wait(0.0005)
                 continue
-            spa = vf.status_pa if vf.ready else None
-            if spa is not None:
-                t_end = time.perf_counter() + SPIN_S        # a short poll: no doorbell
-                while time.perf_counter() < t_end and not self._pending(vf, spa):
-                    pass
-            self.sleep_or_recheck(vf, spa, lambda spa: self._pending(vf, spa))
+            self.idle(vf, lambda spa: self._pending(vf, spa))
 
     def _pending(self, vf: VF, spa: int) -> bool:
         return _U32.unpack_from(self.mem, spa + abi.DS_SQ_TAIL)[0] != vf.sq_head
@@ -169,7 +162,6 @@ class Disk(VfDevice):
             spa = self.live(vf)
             if spa is None:
                 return False
-            io = self.iommu
             vf.cache = {}               # the IOTLB lives for one batch
             m = self.mem
             tail = _U32.unpack_from(m, spa + abi.DS_SQ_TAIL)[0]
@@ -191,13 +183,9 @@ class Disk(VfDevice):
                 if ((vf.cq_tail - cq_head) & MASK32) + len(batch) >= vf.qsize:
                     vf.stalled = not batch
                     break               # completion queue full: wait for the driver
-                try:
-                    (sqe_pa, _), = io.translate(vf.root, vf.sq_va + (vf.sq_head % vf.qsize)
-                                                * abi.SQE_SIZE, abi.SQE_SIZE, abi.IOMMU_R,
-                                                vf.index, vf.cache)
-                except IommuFault as f:
-                    self._fault(vf, f.record)
-                    self.unbind(vf, "submission queue unreachable")
+                sqe_pa = self.queue_entry(vf, spa, vf.sq_va, vf.sq_head, abi.SQE_SIZE,
+                                          abi.IOMMU_R, vf.cache, "submission queue")
+                if sqe_pa is None:
                     return True
                 op, _fl, cid, nblk, lba, buf = _SQE.unpack_from(m, sqe_pa)
                 vf.sq_head = (vf.sq_head + 1) & MASK32
@@ -326,13 +314,9 @@ class Disk(VfDevice):
         return code, 0
 
     def _complete(self, vf: VF, spa: int, cid: int, status: int, result: int) -> bool:
-        try:
-            (pa, _), = self.iommu.translate(vf.root, vf.cq_va + (vf.cq_tail % vf.qsize)
-                                            * abi.CQE_SIZE, abi.CQE_SIZE, abi.IOMMU_W,
-                                            vf.index, vf.cache)
-        except IommuFault as f:
-            self._fault(vf, f.record)
-            self.unbind(vf, "completion queue unreachable")
+        pa = self.queue_entry(vf, spa, vf.cq_va, vf.cq_tail, abi.CQE_SIZE, abi.IOMMU_W,
+                              vf.cache, "completion queue")
+        if pa is None:
             return False
         phase = ((vf.cq_tail // vf.qsize) & 1) ^ 1
         m = self.mem

@@ -23,7 +23,6 @@ import ipaddress
 import select
 import struct
 import threading
-import time
 
 from vmm import abi
 from devices.base import device_thread
@@ -34,7 +33,6 @@ from devices.vf import (MASK32, U32 as _U32, U64 as _U64, WAIT_TIMEOUT, VfDevice
 _U16 = struct.Struct("<H")
 _DESC = struct.Struct("<QHHH")          # buf len buflen status
 UPLINK = -1                             # the switch's port number for the uplink
-SPIN_S = 0.0002                         # keep polling the TX ring this long after it empties
 # NS_WAITING is 0 while the TX worker is awake, else the sequence number of its current
 # sleep: a driver rings once per sleep (it remembers the number it rang for), so a burst
 # of sends while the worker is waking up costs one exit, not one per frame.
@@ -206,12 +204,7 @@ class Nic(VfDevice):
         """One round: a batch, or poll briefly, then sleep until the doorbell."""
         if self._tx_batch(vf):
             return
-        spa = vf.status_pa if vf.ready else None
-        if spa is not None:
-            t_end = time.perf_counter() + SPIN_S        # a short poll: no doorbell
-            while time.perf_counter() < t_end and not self._tx_pending(vf, spa):
-                pass
-        self.sleep_or_recheck(vf, spa, lambda spa: self._tx_pending(vf, spa))
+        self.idle(vf, lambda spa: self._tx_pending(vf, spa))
 
     def _tx_pending(self, vf: VF, spa: int) -> bool:
         return _U32.unpack_from(self.mem, spa + abi.NS_TX_TAIL)[0] != vf.tx_head
@@ -223,7 +216,7 @@ class Nic(VfDevice):
             spa = self.live(vf)
             if spa is None:
                 return False
-            m, io = self.mem, self.iommu
+            m = self.mem
             tail = _U32.unpack_from(m, spa + abi.NS_TX_TAIL)[0]
             n = (tail - vf.tx_head) & MASK32
             if n == 0:
@@ -237,13 +230,9 @@ class Nic(VfDevice):
             cache: dict = {}                    # the IOTLB lives for one batch
             sent = 0
             while vf.tx_head != tail:
-                va = vf.tx_va + (vf.tx_head % vf.qsize) * abi.NDESC_SIZE
-                try:
-                    (dpa, _), = io.translate(vf.root, va, abi.NDESC_SIZE, abi.IOMMU_W,
-                                             vf.index, cache)
-                except IommuFault as f:
-                    self.fault(vf, spa, f.record, cache)
-                    self.unbind(vf, "TX ring unreachable")
+                dpa = self.queue_entry(vf, spa, vf.tx_va, vf.tx_head, abi.NDESC_SIZE,
+                                       abi.IOMMU_W, cache, "TX ring")
+                if dpa is None:
                     break
                 buf, ln, _bl, _st = _DESC.unpack_from(m, dpa)
                 status = self._tx_one(vf, spa, buf, ln, cache, out)
@@ -310,13 +299,9 @@ class Nic(VfDevice):
                     vf.stats["rx_no_buffer"] += 1
                     dropped += 1
                     continue
-                va = vf.rx_va + (vf.rx_head % vf.qsize) * abi.NDESC_SIZE
-                try:
-                    (dpa, _), = io.translate(vf.root, va, abi.NDESC_SIZE, abi.IOMMU_W,
-                                             vf.index, cache)
-                except IommuFault as f:
-                    self.fault(vf, spa, f.record, cache)
-                    self.unbind(vf, "RX ring unreachable")
+                dpa = self.queue_entry(vf, spa, vf.rx_va, vf.rx_head, abi.NDESC_SIZE,
+                                       abi.IOMMU_W, cache, "RX ring")
+                if dpa is None:
                     return
                 buf, _ln, buflen, _st = _DESC.unpack_from(m, dpa)
                 if len(frame) > buflen:         # too big for the buffer: drop the frame

@@ -31,6 +31,7 @@ import os
 import select
 import struct
 import threading
+import time
 
 from vmm import abi
 from devices.base import Device
@@ -40,6 +41,7 @@ U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 MASK32 = 0xFFFF_FFFF
 WAIT_TIMEOUT = 0.05
+SPIN_S = 0.0002             # a worker keeps polling this long after its queue empties
 
 
 def put(mem, off: int, st: struct.Struct, *vals) -> None:
@@ -237,7 +239,32 @@ class VfDevice(Device):
         vf.status_pa = spa
         return spa
 
+    def queue_entry(self, vf, spa: int, ring_va: int, index: int, size: int, access: int,
+                    cache: dict, name: str) -> int | None:
+        """The physical address of entry `index` (mod the queue size) of a queue in the
+        owner's memory, or None: the queue is unreachable, the fault is delivered and the
+        VF unbound (the owner broke its own binding)."""
+        try:
+            (pa, _), = self.iommu.translate(vf.root, ring_va + (index % vf.qsize) * size,
+                                            size, access, vf.index, cache)
+            return pa
+        except IommuFault as f:
+            self.fault(vf, spa, f.record, cache)
+            self.unbind(vf, f"{name} unreachable")
+            return None
+
     # ------------------------------------------------------------------ the doorbell
+    def idle(self, vf, pending) -> None:
+        """The worker found nothing to do: keep polling a moment (a busy driver then
+        never rings at all), then sleep until the doorbell.  `pending(spa)` says whether
+        the owner queued work."""
+        spa = vf.status_pa if vf.ready else None
+        if spa is not None:
+            t_end = time.perf_counter() + SPIN_S
+            while time.perf_counter() < t_end and not pending(spa):
+                pass
+        self.sleep_or_recheck(vf, spa, pending)
+
     def sleep_or_recheck(self, vf, spa: int | None, pending) -> None:
         """The worker found nothing to do: announce a sleep in VFS_WAITING and wait for
         the doorbell, unless `pending(spa)` shows work after the announcement (the
