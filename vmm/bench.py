@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -636,6 +636,25 @@ def write_plot(result: dict, path: str) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def side_by_side(rows: list[dict], host: str = "host") -> str:
+    """The device and network tables (vmm/diskbench.py, netbench.py, netbench_host.py):
+    a row is {title, unit, guest, host or None, ratio or None}; per-operation counts
+    (units like exits/IO, irqs/frame) get three decimals; a row with guest_min/guest_max
+    (and host_min/host_max) gets a "min .. max" line under it."""
+    lines = [f"{'':<56} {'guest':>10} {host:>12} {'guest/host':>10}"]
+    for r in rows:
+        h = f"{r['host']:>12.1f}" if r["host"] is not None else f"{'-':>12}"
+        q = f"{r['ratio']:>9.2f}x" if r["ratio"] is not None else f"{'':>10}"
+        per_op = re.search(r"/(IO|frame)$", r["unit"]) is not None
+        g = f"{r['guest']:>10.3f}" if per_op else f"{r['guest']:>10.1f}"
+        lines.append(f"{r['title']:<44} {r['unit'][:11]:>11} {g} {h} {q}")
+        if "guest_min" in r:
+            hr = f" {r['host_min']:>5.0f}..{r['host_max']:<6.0f}" if "host_min" in r else ""
+            lines.append(f"{'  min .. max':<56} {r['guest_min']:>4.0f}..{r['guest_max']:<5.0f}"
+                         + hr)
+    return "\n".join(lines)
 
 
 def main(args) -> int:

@@ -100,13 +100,8 @@ def nic_bench_rows(quick: bool = False, kvm_path: str = "/dev/kvm",
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'':<46} {'guest':>12} {'host':>12} {'guest/host':>10}"]
-    for r in rows:
-        h = f"{r['host']:>12.1f}" if r["host"] is not None else f"{'-':>12}"
-        q = f"{r['ratio']:>9.2f}x" if r["ratio"] is not None else f"{'':>10}"
-        g = f"{r['guest']:>12.3f}" if "/frame" in r["unit"] else f"{r['guest']:>12.1f}"
-        lines.append(f"{r['title']:<44} {r['unit'][:11]:>11} {g} {h} {q}")
-    return "\n".join(lines)
+    from vmm.bench import side_by_side
+    return side_by_side(rows, 'host')
 
 
 if __name__ == "__main__":

@@ -352,16 +352,8 @@ def host_bench_rows(quick: bool = False, kvm_path: str = "/dev/kvm") -> list[dic
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'':<56} {'guest':>10} {'host (veth)':>12} {'guest/host':>10}"]
-    for r in rows:
-        h = f"{r['host']:>12.1f}" if r["host"] is not None else f"{'-':>12}"
-        q = f"{r['ratio']:>9.2f}x" if r["ratio"] is not None else f"{'':>10}"
-        g = f"{r['guest']:>10.3f}" if "/frame" in r["unit"] else f"{r['guest']:>10.1f}"
-        lines.append(f"{r['title']:<44} {r['unit'][:11]:>11} {g} {h} {q}")
-        if r["key"] == "ping_rtt_us":
-            lines.append(f"{'  min .. max':<56} {r['guest_min']:>4.0f}..{r['guest_max']:<5.0f}"
-                         f" {r['host_min']:>5.0f}..{r['host_max']:<6.0f}")
-    return "\n".join(lines)
+    from vmm.bench import side_by_side
+    return side_by_side(rows, 'host (veth)')
 
 
 if __name__ == "__main__":
