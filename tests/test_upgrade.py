@@ -57,6 +57,24 @@ def test_the_version_string_is_checked_and_lands_in_the_image(tmp_path):
         upgrade.load_kernel(variant(tmp_path, "long", "x" * abi.KINFO_VERSION_MAX))
 
 
+def test_a_built_kernel_is_loaded_with_its_description(tmp_path):
+    """`--kernel FILE`: kernel.bin with the kernel.json `xomb-vmm build` writes beside it."""
+    from vmm import kernel_build, paths, upgrade
+    src = variant(tmp_path, "src", "xomb built-test")
+    out = tmp_path / "out"
+    built = kernel_build.build_kernel(paths.BUILD / "gen", out, src)
+    for spec in (out / "kernel.bin", out):
+        k = upgrade.load_kernel(spec)
+        assert k.version == "xomb built-test" and k.image == built.image
+        assert k.layout == built.layout and k.symbols["kernel_selftest"]
+    (out / "kernel.json").unlink()
+    with pytest.raises(upgrade.UpgradeError, match="no kernel.json beside it"):
+        upgrade.load_kernel(out / "kernel.bin")
+    (out / "kernel.json").write_text("{not json")
+    with pytest.raises(upgrade.UpgradeError, match="not a kernel description"):
+        upgrade.load_kernel(out / "kernel.bin")
+
+
 def test_a_kernel_with_another_data_layout_is_incompatible_and_says_where(tmp_path, monkeypatch):
     """Really built with a different layout: k_ncpus moved in the kernel's data area."""
     from vmm import abi, kernel_build, upgrade
