@@ -16,6 +16,12 @@ Threads: one per VF (its TX ring: drains the whole ring per wake-up, polls SPIN_
 it empties, then sets NS_WAITING and sleeps on the doorbell's eventfd) and one for the
 uplink.  RX needs no thread: whoever forwards a frame writes it into the destination's
 RX ring under that VF's lock.  Layouts: vmm/abi.py, docs/DEVICES.md.
+
+The per-frame work is done in C when devices/nic_build.py could be built (and
+XOMB_NIC_PYTHON is not 1): those threads then make one native call per batch
+(devices/nic_native.py), which handles the common case with the GIL released and leaves
+anything unusual -- faults, malformed descriptors, spoofing, a binding that no longer
+holds -- to the Python code here, the reference.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import threading
 
 from vmm import abi
 from devices.base import device_thread
+from devices import nic_native
 from devices.iommu import IommuFault
 from devices.vf import (MASK32, U32 as _U32, U64 as _U64, WAIT_TIMEOUT, VfDevice,
                         VirtualFunction, put as _put)
@@ -127,6 +134,36 @@ class VF(VirtualFunction):
         self.tx_head = self.rx_head = 0
 
 
+def _cfield(name: str) -> property:
+    """A binding field kept in the C struct nic_vf (read and written under vf.lock)."""
+    return property(lambda self: getattr(self._c, name),
+                    lambda self, v: setattr(self._c, name, int(v)))
+
+
+class NativeVF(VF):
+    """A VF whose binding lives in C (devices/nic_build.py), so that the native data
+    path reads it; the lock is the C mutex.  Python code sees the same attributes."""
+
+    ready, root, vf_va, status_va = (_cfield("ready"), _cfield("root"), _cfield("vf_va"),
+                                     _cfield("status_va"))
+    tx_va, rx_va, qsize = _cfield("tx_va"), _cfield("rx_va"), _cfield("qsize")
+    tx_head, rx_head = _cfield("tx_head"), _cfield("rx_head")
+
+    def __init__(self, nic: "Nic", index: int, native: nic_native.Native):
+        self._c = native.vf[index]
+        super().__init__(nic, index)
+        self.lock = nic_native.NativeLock(native, index)
+        self.stats["native_tx"] = self.stats["native_rx"] = 0
+
+
+# C counters added into the Python dicts by Nic.sync_native()
+_VF_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rx_no_buffer",
+                "rx_too_big", "batches", "interrupts", "native_tx", "native_rx")
+_SWITCH_COUNTERS = ("forwarded", "flooded", "to_uplink", "no_route")
+_UPLINK_COUNTERS = {"up_tx": "tx", "up_tx_errors": "tx_errors", "up_rx": "rx",
+                    "up_runts": "runts", "up_too_big": "too_big"}
+
+
 class Nic(VfDevice):
     name = "nic"
     FIRST_PAGE = abi.DEV_NIC_VF0
@@ -138,10 +175,47 @@ class Nic(VfDevice):
         if not 1 <= nvfs <= abi.NIC_MAX_VFS:
             raise ValueError(f"--nic-vfs {nvfs}: between 1 and {abi.NIC_MAX_VFS}")
         self.ip, self.gateway, self.prefix = parse_guest_ip(guest_ip, gateway)
-        self.vfs = [VF(self, i) for i in range(nvfs)]
+        mod = nic_native.load()
+        self.native = nic_native.Native(mod, nvfs) if mod is not None else None
+        if self.native is None:
+            self.vfs = [VF(self, i) for i in range(nvfs)]
+        else:
+            self.vfs = [NativeVF(self, i, self.native) for i in range(nvfs)]
         self.uplink = uplink
         self.switch = Switch(nvfs, uplink is not None)
         self.stats_uplink = {"rx": 0, "tx": 0, "runts": 0, "too_big": 0, "tx_errors": 0}
+
+    def attach(self, machine) -> None:
+        super().attach(machine)
+        nat = self.native
+        if nat is None:
+            return
+        nat.attach(machine.mem.host_addr, machine.ram_bytes, self.iommu.nframes,
+                   machine.mem)
+        nat.n.has_uplink = self.uplink is not None
+        from devices.uplink import TapUplink
+        if isinstance(self.uplink, TapUplink):          # else Python sends (UDP tunnel)
+            nat.n.tap_fd = self.uplink.fileno()
+        irqfds = getattr(machine, "_irqfds", {})
+        for vf in self.vfs:
+            vf._c.frame_pa = vf.frame_pa
+            vf._c.irqfd = irqfds.get(vf.page, -1)
+
+    def sync_native(self) -> None:
+        """Add the C counters into the Python dicts (and zero them)."""
+        nat = self.native
+        if nat is None:
+            return
+        for vf in self.vfs:
+            with vf.lock:
+                for k in _VF_COUNTERS:
+                    vf.stats[k] += getattr(vf._c, k)
+                    setattr(vf._c, k, 0)
+        n, ffi, take = nat.n, nat.ffi, nat.lib.nic_take
+        for k in _SWITCH_COUNTERS:
+            self.switch.stats[k] += take(ffi.addressof(n, k))
+        for k, name in _UPLINK_COUNTERS.items():
+            self.stats_uplink[name] += take(ffi.addressof(n, k))
 
     def devtab_entry(self) -> bytes:
         return struct.pack("<IIIIII6s2x", abi.DEVT_NIC, abi.DEV_NIC_VF0, len(self.vfs),
@@ -161,6 +235,7 @@ class Nic(VfDevice):
     def stats(self) -> dict:
         """Totals over the VFs, the switch and the uplink (for benchmarks: packets and
         doorbells, i.e. exits, give exits per packet)."""
+        self.sync_native()
         tot = super().stats()
         tot["switch"] = dict(self.switch.stats)
         tot["uplink"] = dict(self.stats_uplink)
@@ -210,7 +285,38 @@ class Nic(VfDevice):
         return _U32.unpack_from(self.mem, spa + abi.NS_TX_TAIL)[0] != vf.tx_head
 
     def _tx_batch(self, vf: VF) -> bool:
-        """Send everything the owner queued: True if anything was done."""
+        """Send everything the owner queued: True if anything was done.  The native
+        path does the common case; whatever it leaves, Python does (the reference)."""
+        nat = self.native
+        if nat is None:
+            return self._tx_batch_py(vf)
+        s = nat.stage(f"vf{vf.index}")
+        r = nat.lib.nic_tx(nat.n, vf.index, s)      # the GIL is released in there
+        self._native_after(s)
+        if r & nat.lib.NIC_FALLBACK:
+            return self._tx_batch_py(vf) or bool(r & nat.lib.NIC_DID)
+        return bool(r & nat.lib.NIC_DID)
+
+    def _native_after(self, s) -> None:
+        """What a native call left to Python: frames to deliver, interrupts to raise
+        where there is no irqfd."""
+        run: list[bytes] = []
+        last = None
+        for port, frame in self.native.leftovers(s) + [(None, b"")]:
+            if port != last and run:        # consecutive frames for a port: one delivery
+                self._deliver(last, run)
+                run = []
+            last = port
+            run.append(frame)
+        if s.irq_mask:
+            raise_irq = getattr(self.machine, "raise_irq", None)
+            for vf in self.vfs:
+                if s.irq_mask & (1 << vf.index):
+                    vf.stats["interrupts"] += 1
+                    if raise_irq:
+                        raise_irq(vf.page)
+
+    def _tx_batch_py(self, vf: VF) -> bool:
         out: dict[int, list[bytes]] = {}
         with vf.lock:
             spa = self.live(vf)
@@ -336,6 +442,17 @@ class Nic(VfDevice):
     # ------------------------------------------------------------------ uplink thread
     def _uplink_loop(self):
         up = self.uplink
+        nat = self.native
+        if nat is not None and nat.n.tap_fd >= 0:      # a TAP: read and switch in C
+            s = nat.stage("uplink")
+            while not self._stop.is_set():
+                if nat.lib.nic_uplink_rx(nat.n, s, int(WAIT_TIMEOUT * 1000)) < 0:
+                    return
+                try:
+                    self._native_after(s)
+                except Exception as exc:    # never lose the uplink over one delivery
+                    self.note(f"uplink: delivery failed: {exc!r}")
+            return
         while not self._stop.is_set():
             try:
                 r, _, _ = select.select([up.fileno()], [], [], WAIT_TIMEOUT)
@@ -365,6 +482,7 @@ class Nic(VfDevice):
 
     # ------------------------------------------------------------------ reports
     def report(self) -> str:
+        self.sync_native()
         up = self.uplink.describe() if self.uplink is not None else "no uplink"
         ip = ipaddress.IPv4Address(self.ip)
         head = (f"nic: {len(self.vfs)} VFs, {up}, guest {ip}/{self.prefix} gateway "
@@ -385,4 +503,6 @@ def stats_line(s: dict) -> str:
             f"{s.get('rx_too_big', 0)} too big, spoofed {s.get('spoofed', 0)}, errors "
             f"{s.get('errors', 0)}, faults {s.get('faults', 0)}; switch "
             + " ".join(f"{k} {v}" for k, v in sw.items())
-            + "; uplink " + " ".join(f"{k} {v}" for k, v in up.items()))
+            + "; uplink " + " ".join(f"{k} {v}" for k, v in up.items())
+            + ("; native tx {} rx {}".format(s["native_tx"], s["native_rx"])
+               if "native_tx" in s else "; native off"))
