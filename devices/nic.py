@@ -18,8 +18,9 @@ uplink.  RX needs no thread: whoever forwards a frame writes it into the destina
 RX ring under that VF's lock.  Layouts: vmm/abi.py, docs/DEVICES.md.
 
 The per-frame work is done in C when devices/nic_build.py could be built (and
-XOMB_NIC_PYTHON is not 1): those threads then make one native call per batch
-(devices/nic_native.py), which handles the common case with the GIL released and leaves
+XOMB_NIC_PYTHON is not 1): each VF thread then runs its loop (batches and doorbell
+sleeps) in C (devices/nic_native.py), which handles the common case with the GIL released
+and leaves
 anything unusual -- faults, malformed descriptors, spoofing, a binding that no longer
 holds -- to the Python code here, the reference.
 """
@@ -34,8 +35,8 @@ from vmm import abi
 from devices.base import device_thread
 from devices import nic_native
 from devices.iommu import IommuFault
-from devices.vf import (MASK32, U32 as _U32, U64 as _U64, WAIT_TIMEOUT, VfDevice,
-                        VirtualFunction, put as _put)
+from devices.vf import (MASK32, SPIN_S, U32 as _U32, U64 as _U64, WAIT_TIMEOUT,
+                        VfDevice, VirtualFunction, put as _put)
 
 _U16 = struct.Struct("<H")
 _DESC = struct.Struct("<QHHH")          # buf len buflen status
@@ -147,7 +148,7 @@ class NativeVF(VF):
     ready, root, vf_va, status_va = (_cfield("ready"), _cfield("root"), _cfield("vf_va"),
                                      _cfield("status_va"))
     tx_va, rx_va, qsize = _cfield("tx_va"), _cfield("rx_va"), _cfield("qsize")
-    tx_head, rx_head = _cfield("tx_head"), _cfield("rx_head")
+    tx_head, rx_head, sleeps = _cfield("tx_head"), _cfield("rx_head"), _cfield("sleeps")
 
     def __init__(self, nic: "Nic", index: int, native: nic_native.Native):
         self._c = native.vf[index]
@@ -158,7 +159,8 @@ class NativeVF(VF):
 
 # C counters added into the Python dicts by Nic.sync_native()
 _VF_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rx_no_buffer",
-                "rx_too_big", "batches", "interrupts", "native_tx", "native_rx")
+                "rx_too_big", "batches", "interrupts", "native_tx", "native_rx",
+                "doorbells")
 _SWITCH_COUNTERS = ("forwarded", "flooded", "to_uplink", "no_route")
 _UPLINK_COUNTERS = {"up_tx": "tx", "up_tx_errors": "tx_errors", "up_rx": "rx",
                     "up_runts": "runts", "up_too_big": "too_big"}
@@ -275,8 +277,30 @@ class Nic(VfDevice):
                     self.unbind(vf, f"internal error: {exc!r}")
                 self._stop.wait(0.01)
 
+    def start(self) -> None:
+        if self.native is not None:
+            self.native.n.stop = 0
+        super().start()
+
+    def stop(self) -> None:
+        if self.native is not None:
+            self.native.n.stop = 1              # the native workers see it when woken
+        super().stop()
+
     def _tx_step(self, vf: VF):
-        """One round: a batch, or poll briefly, then sleep until the doorbell."""
+        """One round: a batch, or poll briefly, then sleep until the doorbell.  With
+        the native path, batches and sleeps run in C until something needs Python."""
+        nat = self.native
+        if nat is not None and vf.efd is not None:
+            s = nat.stage(f"vf{vf.index}")
+            r = nat.lib.nic_worker(nat.n, vf.index, s, vf.efd, int(SPIN_S * 1e9),
+                                   int(WAIT_TIMEOUT * 1000))    # the GIL is released
+            self._native_after(s)
+            if r & nat.lib.NIC_FALLBACK:
+                self._tx_batch_py(vf)
+            elif r & nat.lib.NIC_IDLE:
+                self.idle(vf, lambda spa: self._tx_pending(vf, spa))
+            return
         if self._tx_batch(vf):
             return
         self.idle(vf, lambda spa: self._tx_pending(vf, spa))

@@ -27,23 +27,24 @@ MAX_STAGE = abi.NIC_MAX_QSIZE           # frames one TX batch may stage
 CDEF = r"""
 #define NIC_FALLBACK ...
 #define NIC_DID ...
+#define NIC_IDLE ...
 
 struct nic_vf {
     int ready;
     uint64_t root, vf_va, status_va, frame_pa;
     uint64_t tx_va, rx_va;
-    uint32_t qsize, tx_head, rx_head;
+    uint32_t qsize, tx_head, rx_head, sleeps;
     int irqfd;
     /* counters, added to the Python dicts (and zeroed) under the VF's lock */
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes, rx_no_buffer, rx_too_big;
-    uint64_t batches, interrupts, native_tx, native_rx;
+    uint64_t batches, interrupts, native_tx, native_rx, doorbells;
     ...;
 };
 
 struct nic {
     uint8_t *mem;
     uint64_t ram_bytes, nframes;
-    int nvfs, has_uplink, tap_fd;
+    int nvfs, has_uplink, tap_fd, stop;
     struct nic_vf vf[%(NIC_MAX_VFS)d];
     /* switch and uplink counters (atomic: several threads add) */
     uint64_t forwarded, flooded, to_uplink, no_route, up_tx, up_tx_errors, up_rx,
@@ -67,6 +68,8 @@ int nic_tx(struct nic *n, int vf, struct nic_stage *s);
 int nic_uplink_rx(struct nic *n, struct nic_stage *s, int timeout_ms);
 uint8_t *nic_frame(struct nic_stage *s, int k);
 uint64_t nic_take(uint64_t *counter);
+int nic_worker(struct nic *n, int vf, struct nic_stage *s, int efd, uint64_t spin_ns,
+               int wait_ms);
 """
 
 SOURCE = r"""
@@ -75,12 +78,14 @@ SOURCE = r"""
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NIC_MAX_VFS   %(NIC_MAX_VFS)d
 #define NIC_STAGE_MAX %(MAX_STAGE)d
 #define NIC_FALLBACK  1         /* Python must run its own batch (something unusual) */
 #define NIC_DID       2         /* some work was done here */
+#define NIC_IDLE      4         /* Python must idle (VfDevice.idle): no live binding */
 #define UPLINK        NIC_MAX_VFS   /* the uplink's bit in a port mask */
 
 #define PAGE          4096ULL
@@ -103,17 +108,17 @@ struct nic_vf {
     int ready;
     uint64_t root, vf_va, status_va, frame_pa;
     uint64_t tx_va, rx_va;
-    uint32_t qsize, tx_head, rx_head;
+    uint32_t qsize, tx_head, rx_head, sleeps;
     int irqfd;
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes, rx_no_buffer, rx_too_big;
-    uint64_t batches, interrupts, native_tx, native_rx;
+    uint64_t batches, interrupts, native_tx, native_rx, doorbells;
     pthread_mutex_t mu;
 };
 
 struct nic {
     uint8_t *mem;
     uint64_t ram_bytes, nframes;
-    int nvfs, has_uplink, tap_fd;
+    int nvfs, has_uplink, tap_fd, stop;
     struct nic_vf vf[NIC_MAX_VFS];
     uint64_t forwarded, flooded, to_uplink, no_route, up_tx, up_tx_errors, up_rx,
              up_runts, up_too_big;
@@ -467,6 +472,83 @@ int nic_tx(struct nic *n, int i, struct nic_stage *s)
     return ret;
 }
 
+/* ------------------------------------------------------------- the doorbell
+ * vf.py's idle() and sleep_or_recheck(), for the TX worker. */
+static int tx_pending(struct nic *n, struct nic_vf *v, uint64_t spa)
+{ return ld32(n, spa + %(NS_TX_TAIL)d) != v->tx_head; }
+
+/* vf.py's _set_waiting(): VFS_WAITING, only into the status page of a live binding. */
+static int set_waiting(struct nic *n, struct nic_vf *v, uint64_t spa, uint32_t value)
+{
+    int ok;
+    pthread_mutex_lock(&v->mu);
+    ok = live(n, v) == (int64_t)spa;
+    if (ok)
+        st32(n, spa + %(VFS_WAITING)d, value);
+    pthread_mutex_unlock(&v->mu);
+    return ok;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+/* Nothing to do: poll spin_ns (a busy driver then never rings), announce a sleep in
+ * VFS_WAITING, fence (our store before the tail load, against the driver's
+ * store-then-load), look once more, sleep on the doorbell.  -1: Python idles. */
+static int idle(struct nic *n, int i, int efd, uint64_t spin_ns, int wait_ms)
+{
+    struct nic_vf *v = &n->vf[i];
+    pthread_mutex_lock(&v->mu);
+    int64_t s = live(n, v);
+    pthread_mutex_unlock(&v->mu);
+    if (s < 0 || efd < 0)
+        return -1;
+    uint64_t spa = (uint64_t)s, end = now_ns() + spin_ns;
+    while (now_ns() < end)
+        if (tx_pending(n, v, spa))
+            return 0;
+    v->sleeps = v->sleeps %% 0xFFFFFFFFu + 1;       /* never 0: 0 means awake */
+    if (tx_pending(n, v, spa) || !set_waiting(n, v, spa, v->sleeps))
+        return 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (tx_pending(n, v, spa)) {
+        set_waiting(n, v, spa, 0);
+        return 0;
+    }
+    struct pollfd p = {.fd = efd, .events = POLLIN};
+    if (poll(&p, 1, wait_ms) > 0) {
+        uint64_t cnt;
+        if (read(efd, &cnt, 8) == 8) {
+            pthread_mutex_lock(&v->mu);
+            v->doorbells += cnt;
+            pthread_mutex_unlock(&v->mu);
+        }
+    }
+    set_waiting(n, v, spa, 0);
+    return 0;
+}
+
+/* Nic._tx_loop(): batches and sleeps, all here, until something needs Python: a
+ * fallback, frames or interrupts left to it, no live binding (NIC_IDLE), or stop. */
+int nic_worker(struct nic *n, int i, struct nic_stage *s, int efd, uint64_t spin_ns,
+               int wait_ms)
+{
+    while (!__atomic_load_n(&n->stop, __ATOMIC_ACQUIRE)) {
+        int r = nic_tx(n, i, s);
+        if ((r & NIC_FALLBACK) || s->nleft || s->irq_mask)
+            return r;
+        if (r & NIC_DID)
+            continue;
+        if (idle(n, i, efd, spin_ns, wait_ms) < 0)
+            return NIC_IDLE;
+    }
+    return 0;
+}
+
 /* Nic._uplink_loop() + from_uplink() for a TAP: wait up to timeout_ms, read what is
  * there (64 frames at most), switch and deliver. */
 int nic_uplink_rx(struct nic *n, struct nic_stage *s, int timeout_ms)
@@ -509,7 +591,7 @@ _C = {k: getattr(abi, k) for k in (
     "FRAMES_PHYS", "FT_TYPE_SHIFT", "FT_DATA", "FT_ROOT", "NIC_MTU_FRAME", "NIC_MIN_FRAME",
     "NDESC_SIZE", "NIC_MAC_BASE", "NS_IRQ", "NS_RX_TAIL", "NS_TX_TAIL", "NS_RX_HEAD",
     "NS_TX_HEAD", "NS_RX_PACKETS", "NS_RX_DROPS", "NS_TX_PACKETS", "NDESC_LEN",
-    "NDESC_BUFLEN", "NDESC_STATUS", "NST_DONE")}
+    "NDESC_BUFLEN", "NDESC_STATUS", "NST_DONE", "VFS_WAITING")}
 _C["MAX_STAGE"] = MAX_STAGE
 assert abi.NST_OK == 0
 
