@@ -183,6 +183,8 @@ class Nic(VfDevice):
             self.vfs = [VF(self, i) for i in range(nvfs)]
         else:
             self.vfs = [NativeVF(self, i, self.native) for i in range(nvfs)]
+        if self.native is None and nic_native.why_not != "XOMB_NIC_PYTHON=1":
+            self.note(f"nic: Python data path: {nic_native.why_not}")   # say why, once
         self.uplink = uplink
         self.switch = Switch(nvfs, uplink is not None)
         self.stats_uplink = {"rx": 0, "tx": 0, "runts": 0, "too_big": 0, "tx_errors": 0}
