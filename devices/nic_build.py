@@ -70,6 +70,7 @@ uint8_t *nic_frame(struct nic_stage *s, int k);
 uint64_t nic_take(uint64_t *counter);
 int nic_worker(struct nic *n, int vf, struct nic_stage *s, int efd, uint64_t spin_ns,
                int wait_ms);
+int64_t nic_check_page(struct nic *n, uint64_t root, uint64_t va, int write);
 """
 
 SOURCE = r"""
@@ -396,6 +397,12 @@ static void deliver_all(struct nic *n, struct nic_stage *s)
     for (int j = 0; j < n->nvfs; j++)
         deliver_vf(n, j, s);
     deliver_uplink(n, s);
+}
+
+/* For the tests: the C walk, to compare with devices/iommu.py's on the same tables. */
+int64_t nic_check_page(struct nic *n, uint64_t root, uint64_t va, int write)
+{
+    return check_page(n, root, va, write);
 }
 
 int nic_init(struct nic *n)

@@ -213,3 +213,66 @@ def test_the_native_path_handles_the_common_case_and_leaves_the_rest_to_python()
     assert w.st(0, abi.NS_TX_HEAD) == 5 and w.st(0, abi.NS_TX_PACKETS, "<Q") == 2
     assert w.st(1, abi.NS_RX_HEAD) == 2 and w.st(1, abi.NS_RX_PACKETS, "<Q") == 2
     assert w.nic.switch.stats["forwarded"] == 2 and w.nic.switch.stats["spoofed"] == 1
+
+
+# ---------------------------------------------------------------- the C walk = iommu.py's
+from hypothesis import given, settings, strategies as st   # noqa: E402
+
+WALK_RAM = 8 << 20
+TABLES = [0x100000 + i * PAGE for i in range(4)]            # PML4, PDPT, PD, PT of one walk
+KINDS = (abi.FT_DATA,) * 5 + (abi.FT_TABLE, abi.FT_ROOT, abi.FT_DEVICE, abi.FT_KERNEL)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_native_iommu_walk_agrees_with_iommu_py(data):
+    """The C data path has its own copy of the IOMMU's rules (devices/nic_build.py
+    check_page); on random page tables -- any bits at any level, large pages, targets in
+    RAM, on device pages or beyond RAM, frames of every type -- it must grant exactly what
+    devices/iommu.py grants, for reads and for writes."""
+    from devices import nic_native
+    from devices.iommu import Iommu
+    mod = nic_native.load()
+    if mod is None:
+        pytest.skip(nic_native.why_not)
+    ram = bytearray(WALK_RAM)
+    for pfn in range(0x200, WALK_RAM // PAGE):  # frames of large pages: ordinary memory
+        struct.pack_into("<Q", ram, abi.FRAMES_PHYS + pfn * 8, abi.frame_entry(abi.FT_DATA, 1))
+    small = st.one_of(st.sampled_from([0, 1, 2, 3]), st.integers(0, 511))
+    idx = [data.draw(st.one_of(st.integers(0, 511), st.sampled_from([0, 1, 255, 256])), "i4")]
+    idx += [data.draw(small, f"i{4 - k}") for k in (1, 2, 3)]
+    va = sum(i << sh for i, sh in zip(idx, (39, 30, 21, 12)))
+    if va >= 1 << 47:
+        va |= 0xFFFF << 48                  # canonical kernel half
+
+    def often(bit, n_of_8):                 # a bit set in n of 8 draws: mostly valid walks
+        return st.sampled_from([bit] * n_of_8 + [0] * (8 - n_of_8))
+    for level, shift in enumerate((39, 30, 21, 12)):
+        bits = sum(data.draw(often(b, k), f"bit{b}@{level}")
+                   for b, k in ((P, 7), (U, 7), (W, 6), (abi.PTE_PS, 1)))
+        kinds = ["next"] * 6 + ["data", "device", "beyond"] if level < 3 else \
+            ["data"] * 6 + ["next", "device", "beyond"]
+        kind = data.draw(st.sampled_from(kinds), f"kind{level}")
+        if kind == "next" and level < 3:
+            target = TABLES[level + 1]
+        elif kind in ("next", "data"):
+            target = data.draw(st.integers(0x200000, WALK_RAM - 1), f"frame{level}")
+        elif kind == "device":
+            target = WALK_RAM + data.draw(st.integers(0, abi.DEV_PAGES - 1)) * PAGE
+        else:
+            target = data.draw(st.integers(WALK_RAM, 1 << 40), f"far{level}")
+        target &= abi.PTE_ADDR
+        struct.pack_into("<Q", ram, TABLES[level] + ((va >> shift) & 511) * 8, target | bits)
+        pfn = target >> 12
+        if pfn < WALK_RAM // PAGE + abi.DEV_PAGES:
+            struct.pack_into("<Q", ram, abi.FRAMES_PHYS + pfn * 8,
+                             abi.frame_entry(data.draw(st.sampled_from(KINDS), f"ft{level}"), 1))
+    io = Iommu(ram, WALK_RAM, TABLES[0])
+    native = nic_native.Native(mod, 1)
+    buf = native.ffi.from_buffer(ram)
+    native.attach(int(native.ffi.cast("uintptr_t", buf)), WALK_RAM,
+                  WALK_RAM // PAGE + abi.DEV_PAGES, buf)
+    for write, access in ((0, abi.IOMMU_R), (1, abi.IOMMU_W)):
+        want = io.check_page(TABLES[0], va, access)
+        got = native.lib.nic_check_page(native.n, TABLES[0], va, write)
+        assert got == (want if want >= 0 else -1), (hex(va), write, want, got)
