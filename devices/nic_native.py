@@ -10,9 +10,7 @@ the pure Python path (load() returns None and says why in `why_not`).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 why_not = ""
 _mod = None
@@ -20,31 +18,8 @@ _tried = False
 
 
 def _build():
-    build_py = os.path.join(os.path.dirname(__file__), "nic_build.py")
-    src_mtime = os.path.getmtime(build_py)
-    spec = importlib.util.find_spec("devices._nic_cffi")
-    if spec is not None and spec.origin and os.path.getmtime(spec.origin) >= src_mtime:
-        from devices import _nic_cffi       # type: ignore[attr-defined]
-        return _nic_cffi
-    from vmm.paths import BUILD
-    tmp = BUILD / "cffi"
-    so = None
-    hits = sorted((tmp / "devices").glob("_nic_cffi*.so")) if tmp.is_dir() else []
-    if hits and hits[0].stat().st_mtime >= src_mtime:
-        so = str(hits[0])
-    if so is None:                          # compile privately, then rename into place
-        import tempfile
-        from devices.nic_build import ffibuilder
-        (tmp / "devices").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=tmp) as work:
-            built = ffibuilder.compile(tmpdir=work, verbose=False)
-            so = str(tmp / "devices" / os.path.basename(built))
-            os.replace(built, so)
-    spec = importlib.util.spec_from_file_location("devices._nic_cffi", so)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules["devices._nic_cffi"] = mod
-    return mod
+    from vmm.cffi_modules import load as load_cffi_module
+    return load_cffi_module("devices._nic_cffi", "devices/nic_build.py")
 
 
 def load():

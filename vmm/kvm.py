@@ -12,10 +12,10 @@ signal or `immediate_exit` kicks it out with KVM_EXIT_INTR.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
-import sys
 import threading
+
+from vmm.cffi_modules import load as load_cffi_module
 
 __all__ = ["ffi", "lib", "KvmError", "KvmUnavailable", "Kvm", "Vm", "Vcpu",
            "EXIT_NAMES", "exit_name", "DEFAULT_PATH"]
@@ -23,43 +23,8 @@ __all__ = ["ffi", "lib", "KvmError", "KvmUnavailable", "Kvm", "Vm", "Vcpu",
 DEFAULT_PATH = "/dev/kvm"
 
 
-# --------------------------------------------------------------------------
-# The compiled module: installed (pip install -e .) or built on the fly.
-# --------------------------------------------------------------------------
-def _load_cffi():
-    build_py = os.path.join(os.path.dirname(__file__), "kvm_build.py")
-    try:
-        src_mtime = os.path.getmtime(build_py)
-    except OSError:
-        src_mtime = 0
-    spec = importlib.util.find_spec("vmm._kvm_cffi")
-    if spec is not None and spec.origin and os.path.getmtime(spec.origin) >= src_mtime:
-        from vmm import _kvm_cffi           # type: ignore[attr-defined]  (pip install -e .)
-        return _kvm_cffi
-    # Missing or older than kvm_build.py: build into the build dir (once).
-    from vmm.paths import BUILD
-    tmp = BUILD / "cffi"
-    so = None
-    if tmp.is_dir():
-        hits = sorted((tmp / "vmm").glob("_kvm_cffi*.so"))
-        if hits and hits[0].stat().st_mtime >= src_mtime:
-            so = str(hits[0])
-    if so is None:                          # compile privately, then rename into place
-        import tempfile
-        from vmm.kvm_build import ffibuilder
-        (tmp / "vmm").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=tmp) as work:
-            built = ffibuilder.compile(tmpdir=work, verbose=False)
-            so = str(tmp / "vmm" / os.path.basename(built))
-            os.replace(built, so)
-    spec = importlib.util.spec_from_file_location("vmm._kvm_cffi", so)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules["vmm._kvm_cffi"] = mod
-    return mod
-
-
-_mod = _load_cffi()
+# The compiled module: installed (pip install -e .) or built on the fly (vmm/cffi_modules.py).
+_mod = load_cffi_module("vmm._kvm_cffi", "vmm/kvm_build.py")
 ffi = _mod.ffi
 lib = _mod.lib
 
