@@ -239,20 +239,28 @@ static int set_name(struct fs_inode *nd, const char *name, uint64_t len)
     return 0;
 }
 
+/* For creating path: the directory that holds its last component, and that
+ * name (a valid one: 1..FS_NAME_MAX bytes). */
+static int parent_of(const char *path, int *dir, const char **name, uint64_t *len)
+{
+    if (!dsk)
+        return -FS_ENOMOUNT;
+    int r = walk(path, dir, name, len);
+    if (r < 0)
+        return r;
+    return *len == 0 || *len > XOMB_FS_NAME_MAX ? -FS_EINVAL : 0;
+}
+
 /* Write data (n bytes, from a DMA-able buffer) to fresh blocks and point the
  * file at them; commit. */
 static int write_file(const char *path, const void *buf, uint64_t n)
 {
-    if (!dsk)
-        return -FS_ENOMOUNT;
     int dir;
     const char *name;
     uint64_t len;
-    int r = walk(path, &dir, &name, &len);
+    int r = parent_of(path, &dir, &name, &len);
     if (r < 0)
         return r;
-    if (len > XOMB_FS_NAME_MAX)
-        return -FS_EINVAL;
     int ino = child(dir, name, len);
     if (ino >= 0 && table[ino].type != XOMB_FS_FILE)
         return -FS_EISDIR;
@@ -339,12 +347,10 @@ int fs_pwrite(const char *path, uint64_t off, const void *buf, uint64_t n)
 
 int fs_mkdir(const char *path)
 {
-    if (!dsk)
-        return -FS_ENOMOUNT;
     int dir;
     const char *name;
     uint64_t len;
-    int r = walk(path, &dir, &name, &len);
+    int r = parent_of(path, &dir, &name, &len);
     if (r < 0)
         return r;
     if (child(dir, name, len) >= 0)
